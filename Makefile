@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+DVC_VENV := .venv-dvc
+PY := $(VENV)/bin/python
+# The repo's instance config (SQLite storage, gpu pool of one, run monitoring).
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+# DVC lives in its own venv (its hydra pins antlr4 4.9, dagster needs 4.13); tests find it here.
+export ENS_ASSETS_DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
+PIP_QUIET ?= -q
+
+.PHONY: install demo test bench ui mlflow-ui dvc-env clean-work
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip wheel setuptools
+	$(PY) -m pip install $(PIP_QUIET) -e ".[test]"
+	touch $@
+
+$(DVC_VENV)/.installed:
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install $(PIP_QUIET) "dvc>=3.50,<4"
+	touch $@
+
+install: $(VENV)/.installed $(DVC_VENV)/.installed
+
+dvc-env: $(DVC_VENV)/.installed
+
+demo: install
+	$(PY) -m ens_assets.cli demo --params params.yaml
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.run_all
+
+ui: install
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000
+
+clean-work:
+	rm -rf data/work

@@ -1,0 +1,360 @@
+"""The typed experiment plan: the single source of truth loaded from params.yaml.
+
+Dagster partitions (thresholds, members, folds), DVC stage params and every training run read their
+settings from one `Plan`. Nothing else in the project parses params.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CLASSES_CONSERVISION = (
+    "antelope_duiker",
+    "bird",
+    "blank",
+    "civet_genet",
+    "hog",
+    "leopard",
+    "monkey_prosimian",
+    "rodent",
+)
+
+Stage = Literal["smoke", "cv"]
+SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
+
+
+class PlanError(ValueError):
+    """A params.yaml that cannot be run; the message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DemoConfig(_Strict):
+    seed: int = 0
+    train_images_per_class: int = 60
+    test_images_per_class: int = 15
+    train_sites: int = 12
+    test_sites: int = 4
+    frame_width: int = 192
+    frame_height: int = 144
+
+
+class DataConfig(_Strict):
+    layout: SourceLayout = "demo"
+    # Folder the layout's files live in; relative paths are relative to params.yaml's folder.
+    root: str = "data/demo"
+    # Layout-specific file names (defaults follow each layout's convention).
+    labels_file: str | None = None
+    test_file: str | None = None
+    # MegaDetector batch-output JSON; None means "run MegaDetector" (needs megadetector_weights).
+    detections: str | None = "data/demo/megadetector.json"
+    megadetector_weights: str | None = None
+    # Fraction of train sites held out as test sites for layouts without a test split (zamba,
+    # imagefolder, coco). Conser-vision and the demo bring their own test split.
+    test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    max_image_pixels: int = 40_000_000
+    demo: DemoConfig = DemoConfig()
+
+
+class CropConfig(_Strict):
+    thresholds: tuple[float, ...] = (0.05, 0.2)
+    mode: Literal["top", "all"] = "top"
+    square: bool = True
+    padding: float = Field(0.1, ge=0.0, le=1.0)
+    min_size_px: int = Field(8, ge=1)
+    image_size: int = Field(64, ge=16)
+    workers: int = 0  # 0 = all cores
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("list at least one detector-confidence threshold, e.g. [0.05, 0.2]")
+        for t in value:
+            if not 0.0 < t < 1.0:
+                raise ValueError(f"threshold {t} is outside (0, 1); MegaDetector confidences are in [0, 1]")
+        if len(set(threshold_key(t) for t in value)) != len(value):
+            raise ValueError(f"thresholds {list(value)} repeat after rounding to 2 decimals")
+        return tuple(sorted(value))
+
+
+class FoldConfig(_Strict):
+    k: int = 3
+    seed: int = 0
+
+    @field_validator("k")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"folds.k = {value}: k-fold cross-validation needs k >= 2")
+        return value
+
+
+class Recipe(_Strict):
+    """An augmentation recipe: one of the three diversity levers."""
+
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    scale: tuple[float, float] = (0.7, 1.0)  # RandomResizedCrop area range
+    color_jitter: float = Field(0.0, ge=0.0)
+    mixup_alpha: float = Field(0.0, ge=0.0)
+    cutmix_alpha: float = Field(0.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class Budget(_Strict):
+    """How long one checkpoint partition may train."""
+
+    epochs: int = Field(8, ge=1)
+    time_budget_s: float = Field(600.0, gt=0)  # guardrail: stop after this many seconds of training
+    patience: int = Field(3, ge=1)  # early stopping on validation loss
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(64, ge=2)
+    opt: str = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    sched: str = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    ema: bool = False
+    ema_decay: float = 0.998
+    seed: int = 0
+    num_workers: int = 0
+    smoke: Budget = Budget(epochs=3, time_budget_s=120.0, patience=3)
+    cv: Budget = Budget()
+
+
+class Member(_Strict):
+    backbone: str
+    threshold: float
+    recipe: str
+    stage: Stage = "smoke"
+    # Local weights file (safetensors / .pth) or "cache" to use timm's existing local cache.
+    pretrained: str | None = None
+    # Per-member overrides of TrainingConfig fields (lr, batch_size, ...).
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return member_key(self.backbone, self.threshold, self.recipe)
+
+
+class EnsembleConfig(_Strict):
+    method: Literal["mean", "geometric", "weighted", "greedy", "per_class", "stacking"] = "greedy"
+    greedy_rounds: int = Field(25, ge=1)
+    fail_recall: float = Field(0.3, ge=0, le=1)  # a class below this recall "fails" for a member
+    win_margin: float = Field(0.2, ge=0, le=1)  # single-win: one member above others by this much
+    top_confusions: int = Field(3, ge=1)
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "ens-assets"
+    # Used when MLFLOW_TRACKING_URI is not set; relative to params.yaml's folder.
+    default_store: str = "mlruns.db"
+
+
+class ScheduleConfig(_Strict):
+    timezone: str = "UTC"
+    nightly_cron: str = "0 1 * * *"
+    morning_cron: str = "0 7 * * *"
+
+
+class Plan(_Strict):
+    data: DataConfig = DataConfig()
+    crops: CropConfig = CropConfig()
+    folds: FoldConfig = FoldConfig()
+    training: TrainingConfig = TrainingConfig()
+    recipes: dict[str, Recipe] = Field(default_factory=lambda: {"geo": Recipe()})
+    members: tuple[Member, ...] = ()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    schedules: ScheduleConfig = ScheduleConfig()
+    # Where generated artifacts go; relative to params.yaml's folder.
+    workdir: str = "data/work"
+    # Folder params.yaml was loaded from; set by load_plan, not by users.
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _members_are_runnable(self) -> "Plan":
+        if not self.members:
+            raise ValueError("members: list at least one member (backbone, threshold, recipe)")
+        thresholds = {threshold_key(t) for t in self.crops.thresholds}
+        seen: set[str] = set()
+        for i, m in enumerate(self.members):
+            where = f"members[{i}] ({m.key})"
+            if threshold_key(m.threshold) not in thresholds:
+                raise ValueError(
+                    f"{where}: threshold {m.threshold} is not among crops.thresholds "
+                    f"{list(self.crops.thresholds)}; add it there or pick one of those"
+                )
+            if m.recipe not in self.recipes:
+                raise ValueError(f"{where}: recipe '{m.recipe}' is not defined under recipes: {sorted(self.recipes)}")
+            if m.key in seen:
+                raise ValueError(f"{where}: duplicate member; each backbone x threshold x recipe may appear once")
+            seen.add(m.key)
+            unknown = set(m.overrides) - set(TrainingConfig.model_fields)
+            if unknown:
+                raise ValueError(f"{where}: unknown overrides {sorted(unknown)}; allowed: {sorted(TrainingConfig.model_fields)}")
+            for key in invalid_key_chars(m.key):
+                raise ValueError(f"{where}: member key contains '{key}', which Dagster partition keys may not")
+        for name in self.recipes:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"recipes.{name}: recipe names may hold letters, digits, '_' and '-' only")
+        return self
+
+    # --- paths -------------------------------------------------------------------------------
+    def path(self, relative: str | Path) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def work(self) -> Path:
+        return self.path(self.workdir)
+
+    @property
+    def data_root(self) -> Path:
+        return self.path(self.data.root)
+
+    def crops_dir(self, threshold: float | str) -> Path:
+        key = threshold if isinstance(threshold, str) else threshold_key(threshold)
+        return self.work / "crops" / key
+
+    def checkpoint_dir(self, member: str, fold: int | str) -> Path:
+        return self.work / "checkpoints" / member / f"fold{int(fold)}"
+
+    # --- partitions ----------------------------------------------------------------------------
+    @property
+    def threshold_keys(self) -> list[str]:
+        return [threshold_key(t) for t in self.crops.thresholds]
+
+    @property
+    def member_keys(self) -> list[str]:
+        return [m.key for m in self.members]
+
+    @property
+    def fold_keys(self) -> list[str]:
+        return [str(i) for i in range(self.folds.k)]
+
+    def member(self, key: str) -> Member:
+        for m in self.members:
+            if m.key == key:
+                return m
+        raise PlanError(f"member '{key}' is not in the plan; members: {self.member_keys}")
+
+    def folds_for(self, member: Member | str) -> list[int]:
+        """Folds a member trains at its stage: smoke proves the pipeline on fold 0 only."""
+        m = self.member(member) if isinstance(member, str) else member
+        return [0] if m.stage == "smoke" else list(range(self.folds.k))
+
+    def budget(self, member: Member | str) -> Budget:
+        m = self.member(member) if isinstance(member, str) else member
+        return self.training.smoke if m.stage == "smoke" else self.training.cv
+
+    def training_config(self, member: Member | str) -> TrainingConfig:
+        m = self.member(member) if isinstance(member, str) else member
+        return self.training.model_copy(update=m.overrides)
+
+    def member_spec(self, member: Member | str) -> dict[str, Any]:
+        """Everything that determines a member's checkpoints; hashed for skip-when-fresh.
+
+        Holds only this member's entry and the settings it trains with, so adding or editing another
+        member never changes it.
+        """
+        m = self.member(member) if isinstance(member, str) else member
+        return {
+            "member": m.key,
+            "backbone": m.backbone,
+            "threshold": threshold_key(m.threshold),
+            "recipe_name": m.recipe,
+            "recipe": self.recipes[m.recipe].model_dump(mode="json"),
+            "stage": m.stage,
+            "pretrained": m.pretrained,
+            "budget": self.budget(m).model_dump(mode="json"),
+            "training": self.training_config(m).model_dump(mode="json", exclude={"smoke", "cv"}),
+            "image_size": self.crops.image_size,
+        }
+
+    def member_spec_hash(self, member: Member | str) -> str:
+        return stable_hash(self.member_spec(member))
+
+
+def threshold_key(threshold: float) -> str:
+    """Partition key of a crop threshold: '0.05', '0.20'."""
+    return f"{float(threshold):.2f}"
+
+
+def member_key(backbone: str, threshold: float, recipe: str) -> str:
+    """Readable, stable member key: 'lcnet_050.t005.mixup'."""
+    return f"{backbone}.t{round(float(threshold) * 100):03d}.{recipe}"
+
+
+def invalid_key_chars(key: str) -> list[str]:
+    return [c for c in "|[],/" if c in key]
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_backbones(plan: Plan, source: Path) -> None:
+    import timm  # deferred: importing timm is slow and plan loading is on every Dagster import
+
+    for i, m in enumerate(plan.members):
+        if m.backbone not in timm.list_models() and not timm.is_model(m.backbone):
+            near = timm.list_models(f"*{m.backbone.split('_')[0]}*")[:8]
+            raise PlanError(
+                f"{source}: members[{i}].backbone '{m.backbone}' is not a timm model. "
+                f"Use a name from timm.list_models(); similar: {near}"
+            )
+        if m.pretrained and m.pretrained != "cache" and not plan.path(m.pretrained).is_file():
+            raise PlanError(
+                f"{source}: members[{i}].pretrained '{m.pretrained}' is not a file. Give a local weights "
+                "file, 'cache' to use an existing timm/Hugging Face cache, or leave it empty for random init"
+            )
+
+
+def load_plan(path: str | Path = "params.yaml", *, check_backbones: bool = True) -> Plan:
+    """Load and validate params.yaml; every problem is reported as a PlanError naming the field."""
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise PlanError(f"{source}: no such params file. Copy the repository's params.yaml and edit it")
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PlanError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if k not in {"base_dir"}}
+    raw["base_dir"] = str(source.parent)
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise PlanError(f"{source}: {problems}") from None
+    if check_backbones:
+        _check_backbones(plan, source)
+    return plan
+
+
+def plan_from_dict(raw: dict[str, Any], base_dir: str | Path, *, check_backbones: bool = True) -> Plan:
+    """Build a plan from a dict (tests, generated configs) by writing nothing and validating as load_plan."""
+    base = Path(base_dir).resolve()
+    try:
+        plan = Plan.model_validate({**raw, "base_dir": str(base)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise PlanError(f"plan: {problems}") from None
+    if check_backbones:
+        _check_backbones(plan, base / "params.yaml")
+    return plan
