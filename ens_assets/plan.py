@@ -26,6 +26,8 @@ CLASSES_CONSERVISION = (
 )
 
 Stage = Literal["smoke", "cv"]
+# The fold key of a member's smoke run: fold 0's split at the smoke budget, trained before any cv fold.
+SMOKE_FOLD = "smoke"
 SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
 
 
@@ -156,6 +158,14 @@ class EnsembleConfig(_Strict):
     top_confusions: int = Field(3, ge=1)
 
 
+class PromotionConfig(_Strict):
+    """What a smoke checkpoint must show before its member may spend time on k-fold runs."""
+
+    min_accuracy_over_chance: float = Field(1.5, ge=1.0)  # val accuracy >= this x (1 / n_classes)
+    require_every_class_predicted: bool = True
+    require_loss_decrease: bool = True
+
+
 class TrackingConfig(_Strict):
     experiment: str = "ens-assets"
     # Used when MLFLOW_TRACKING_URI is not set; relative to params.yaml's folder.
@@ -176,6 +186,7 @@ class Plan(_Strict):
     recipes: dict[str, Recipe] = Field(default_factory=lambda: {"geo": Recipe()})
     members: tuple[Member, ...] = ()
     ensemble: EnsembleConfig = EnsembleConfig()
+    promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     schedules: ScheduleConfig = ScheduleConfig()
     # Where generated artifacts go; relative to params.yaml's folder.
@@ -229,7 +240,22 @@ class Plan(_Strict):
         return self.work / "crops" / key
 
     def checkpoint_dir(self, member: str, fold: int | str) -> Path:
-        return self.work / "checkpoints" / member / f"fold{int(fold)}"
+        name = SMOKE_FOLD if str(fold) == SMOKE_FOLD else f"fold{int(fold)}"
+        return self.work / "checkpoints" / member / name
+
+    def oof_path(self, member: str) -> Path:
+        return self.work / "oof" / f"{member}.parquet"
+
+    def test_predictions_path(self, member: str) -> Path:
+        return self.work / "test_predictions" / f"{member}.parquet"
+
+    @property
+    def ensemble_dir(self) -> Path:
+        return self.work / "ensemble"
+
+    @property
+    def diagnostics_dir(self) -> Path:
+        return self.work / "diagnostics"
 
     # --- partitions ----------------------------------------------------------------------------
     @property
@@ -258,6 +284,14 @@ class Plan(_Strict):
     def budget(self, member: Member | str) -> Budget:
         m = self.member(member) if isinstance(member, str) else member
         return self.training.smoke if m.stage == "smoke" else self.training.cv
+
+    def checkpoint_folds(self, member: Member | str) -> list[str]:
+        """Checkpoint partitions a member may run now: 'smoke' always, the k folds once promoted to cv."""
+        m = self.member(member) if isinstance(member, str) else member
+        return [SMOKE_FOLD] if m.stage == "smoke" else [SMOKE_FOLD, *self.fold_keys]
+
+    def budget_for_fold(self, fold: int | str) -> Budget:
+        return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
 
     def training_config(self, member: Member | str) -> TrainingConfig:
         m = self.member(member) if isinstance(member, str) else member
