@@ -235,6 +235,18 @@ class Plan(_Strict):
     def data_root(self) -> Path:
         return self.path(self.data.root)
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.work / "manifest.parquet"
+
+    @property
+    def detections_path(self) -> Path:
+        return self.work / "detections.parquet"
+
+    @property
+    def folds_path(self) -> Path:
+        return self.work / "folds.parquet"
+
     def crops_dir(self, threshold: float | str) -> Path:
         key = threshold if isinstance(threshold, str) else threshold_key(threshold)
         return self.work / "crops" / key
