@@ -1,0 +1,87 @@
+"""Batched tensor augmentation: one affine resample per batch instead of PIL transforms per sample.
+
+Random-resized-crop, horizontal flip and the crop's placement are folded into one affine matrix per
+image and applied with a single `grid_sample` call; colour jitter is three broadcast multiplies. Every
+random number comes from the caller's `torch.Generator`, so a batch is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ens_assets.plan import Recipe
+
+_ASPECT_RANGE = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop's default ratio range
+
+
+def to_unit_float(batch_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 N x H x W x 3 or N x 3 x H x W -> float N x 3 x H x W in [0, 1]."""
+    if batch_u8.shape[1] != 3 and batch_u8.shape[-1] == 3:
+        batch_u8 = batch_u8.permute(0, 3, 1, 2)
+    return batch_u8.float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Subtract the backbone's mean and divide by its std, per channel."""
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def model_mean_std(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation the timm backbone was designed with (ImageNet's when it declares none)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = cfg.get("mean", (0.485, 0.456, 0.406))
+    std = cfg.get("std", (0.229, 0.224, 0.225))
+    return torch.tensor(mean, device=device), torch.tensor(std, device=device)
+
+
+def augment_batch(x: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:
+    """Augment a float N x 3 x H x W batch in [0, 1] (before normalisation) as the recipe says."""
+    n = x.shape[0]
+    theta = _crop_and_flip_matrices(n, recipe, generator).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if recipe.color_jitter > 0:
+        x = _color_jitter(x, recipe.color_jitter, generator)
+    return x
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def _crop_and_flip_matrices(n: int, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:
+    """N x 2 x 3 affine matrices in grid_sample's normalised coordinates (output -> input)."""
+    area = _uniform(n, recipe.scale[0], recipe.scale[1], generator)
+    log_ratio = _uniform(n, math.log(_ASPECT_RANGE[0]), math.log(_ASPECT_RANGE[1]), generator)
+    ratio = torch.exp(log_ratio)
+    # Crop width/height as fractions of the image side; clamp so the crop stays inside the image.
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # Crop centre anywhere the crop still fits: offset in [-(1 - size), 1 - size] in [-1, 1] coordinates.
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - width)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - height)
+    flip = torch.where(torch.rand(n, generator=generator) < recipe.hflip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = cy
+    return theta
+
+
+def _color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation factors drawn per image from [1 - s, 1 + s]."""
+    n = x.shape[0]
+
+    def factors() -> torch.Tensor:
+        return _uniform(n, max(0.0, 1 - strength), 1 + strength, generator).to(x.device, x.dtype).view(n, 1, 1, 1)
+
+    x = x * factors()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factors() + mean
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray) * factors() + gray
+    return x.clamp_(0.0, 1.0)

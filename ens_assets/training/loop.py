@@ -1,0 +1,337 @@
+"""The epoch loop: timm optimizer/scheduler/Mixup/EMA over in-memory uint8 crops, resumable per epoch.
+
+Reproducibility: every epoch reseeds its own RNGs from (seed, epoch) -- the shuffle and augmentation
+`torch.Generator`, torch's global RNG (dropout, drop-path) and numpy's global RNG (timm Mixup) -- and
+the recovery checkpoint holds model, optimizer, scheduler and EMA state. A run killed after epoch e and
+resumed therefore replays epochs e+1.. exactly as an uninterrupted run would (bit-for-bit on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+
+from ens_assets.plan import Budget, Recipe, TrainingConfig
+from ens_assets.training.augment import augment_batch, model_mean_std, normalize, to_unit_float
+from ens_assets.training.checkpoint import load_recovery, save_recovery
+from ens_assets.training.device import (
+    autocast_context,
+    grad_scaler,
+    host_tensor,
+    memory_format,
+    peak_memory_mb,
+    place_model,
+    reset_peak_memory,
+    select_device,
+)
+from ens_assets.training.models import create_member_model
+from ens_assets.training.predict import predict_logits
+
+RECOVERY_FORMAT = 1
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished training run produced; `best_state` holds the lowest-validation-loss weights."""
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, float]]
+    epochs_run: int
+    stopped_reason: str  # "completed" | "early_stopping" | "time_budget"
+    wall_seconds: float
+    train_seconds: float
+    images_per_second: float  # training images (augmentation + forward + backward + step) per second
+    peak_memory_mb: float
+    resumed_from_epoch: int = 0  # 0 = started fresh
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_member_model(
+    backbone: str,
+    num_classes: int,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    recipe: Recipe,
+    config: TrainingConfig,
+    budget: Budget,
+    seed: int,
+    out_dir: str | Path | None,
+    pretrained: str | None = None,
+    base_dir: Path | None = None,
+    resume_token: str = "",
+    device: torch.device | None = None,
+    log: Callable[[str], Any] = print,
+) -> TrainOutcome:
+    """Create the backbone (seeded init) and train it; see `fit`."""
+    torch.manual_seed(seed)
+    model = create_member_model(backbone, num_classes, pretrained, base_dir)
+    return fit(
+        model, train_images, train_labels, val_images, val_labels,
+        num_classes=num_classes, recipe=recipe, config=config, budget=budget, seed=seed,
+        out_dir=out_dir, resume_token=resume_token, device=device, log=log,
+    )  # fmt: skip
+
+
+def fit(
+    model: nn.Module,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    num_classes: int,
+    recipe: Recipe,
+    config: TrainingConfig,
+    budget: Budget,
+    seed: int,
+    out_dir: str | Path | None,
+    resume_token: str = "",
+    device: torch.device | None = None,
+    log: Callable[[str], Any] = print,
+) -> TrainOutcome:
+    """Train `model` on uint8 N x S x S x 3 crops with int labels; validate every epoch.
+
+    Stops at budget.epochs, after budget.patience epochs without a lower validation loss, or once
+    budget.time_budget_s seconds of training have passed (checked between epochs). With `out_dir`, a
+    recovery checkpoint is written after every epoch and a re-run with the same `resume_token`
+    continues from it; a different token discards it.
+    """
+    _check_inputs(train_images, train_labels, val_images, val_labels, num_classes)
+    wall_start = time.perf_counter()
+    device = device or select_device()
+    model = place_model(model, device)
+    mean, std = model_mean_std(model, device)
+    fmt = memory_format(device)
+
+    # NCHW uint8 once for the whole set: per-batch work is then one gather plus tensor ops.
+    train_u8 = host_tensor(np.ascontiguousarray(np.asarray(train_images).transpose(0, 3, 1, 2)), device)
+    if device.type == "cuda":
+        train_u8 = train_u8.to(device, non_blocking=True)
+    labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
+    val_labels_t = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
+
+    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=config.sched,
+        num_epochs=budget.epochs,
+        warmup_epochs=min(config.warmup_epochs, max(budget.epochs - 1, 0)),
+        plateau_mode="min",
+    )
+    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
+    scaler = grad_scaler(device)
+    mixup = _mixup(recipe, num_classes)
+    criterion = _train_criterion(recipe, mixup)
+
+    state = _fresh_state()
+    recovery = load_recovery(out_dir) if out_dir is not None else None
+    if recovery is not None and (recovery.get("format") != RECOVERY_FORMAT or recovery.get("resume_token") != resume_token):
+        log(f"recovery state in {out_dir} belongs to another configuration; starting from epoch 0")
+        recovery = None
+    if recovery is not None:
+        model.load_state_dict(recovery["model"])
+        optimizer.load_state_dict(recovery["optimizer"])
+        scheduler.load_state_dict(recovery["scheduler"])
+        scaler.load_state_dict(recovery["scaler"])
+        if ema is not None and recovery["ema"]:
+            ema.load_state_dict(recovery["ema"])
+        state = {k: recovery[k] for k in _fresh_state()}
+        log(f"resuming after epoch {state['next_epoch']} from {out_dir}")
+    resumed_from = state["next_epoch"]
+    reset_peak_memory(device)
+
+    epoch = state["next_epoch"]
+    while state["stopped_reason"] is None:
+        epoch_start = time.perf_counter()
+        scheduler.step(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        generator = _seed_epoch(seed, epoch, device)
+        train_loss, train_acc, seen = _train_epoch(
+            model, train_u8, labels, config.batch_size, recipe, mixup, criterion,
+            optimizer, scaler, ema, generator, mean, std, fmt, device, step_offset=epoch,
+        )  # fmt: skip
+        train_seconds = time.perf_counter() - epoch_start
+        eval_model = ema.module if ema is not None else model
+        logits = predict_logits(eval_model, val_images, config.batch_size, device)
+        val_loss = float(F.cross_entropy(logits, val_labels_t))
+        val_acc = float((logits.argmax(1) == val_labels_t).float().mean())
+
+        state["train_seconds"] += train_seconds
+        state["images_seen"] += seen
+        state["elapsed_s"] += time.perf_counter() - epoch_start
+        state["history"].append(
+            dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                 lr=lr, epoch_seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
+        )  # fmt: skip
+        if val_loss < state["best_val_loss"]:
+            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=_cpu_copy(eval_model))
+        else:
+            state["bad_epochs"] += 1
+        epoch += 1
+        state["next_epoch"] = epoch
+        state["stopped_reason"] = _stop_reason(state, epoch, budget)
+        log(
+            f"epoch {epoch}/{budget.epochs}: train_loss {train_loss:.4f} acc {train_acc:.3f} | "
+            f"val_loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.2e} | {seen / train_seconds:.0f} img/s"
+        )
+        if out_dir is not None:
+            save_recovery(out_dir, _recovery_payload(state, resume_token, model, optimizer, scheduler, scaler, ema))
+
+    return TrainOutcome(
+        best_state=state["best_state"],
+        best_epoch=state["best_epoch"],
+        best_val_loss=state["best_val_loss"],
+        history=state["history"],
+        epochs_run=state["next_epoch"],
+        stopped_reason=state["stopped_reason"],
+        wall_seconds=time.perf_counter() - wall_start,
+        train_seconds=state["train_seconds"],
+        images_per_second=state["images_seen"] / state["train_seconds"] if state["train_seconds"] else 0.0,
+        peak_memory_mb=peak_memory_mb(device),
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _train_epoch(
+    model, train_u8, labels, batch_size, recipe, mixup, criterion, optimizer, scaler, ema, generator,
+    mean, std, fmt, device, step_offset,
+) -> tuple[float, float, int]:  # fmt: skip
+    model.train()
+    n = len(labels)
+    order = torch.randperm(n, generator=generator)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch_index, idx in enumerate(_batches(order, batch_size)):
+        if mixup is not None and len(idx) % 2:
+            # timm Mixup pairs images by flipping the batch and needs an even count; the sample left
+            # out differs every epoch because the order is reshuffled.
+            idx = idx[:-1]
+        x_u8 = train_u8.index_select(0, idx.to(train_u8.device))
+        y = labels[idx].to(device, non_blocking=True)
+        x = augment_batch(to_unit_float(x_u8), recipe, generator)
+        x = normalize(x, mean, std).contiguous(memory_format=fmt)
+        target = y
+        if mixup is not None:
+            x, target = mixup(x, y)
+        with autocast_context(device):
+            out = model(x)
+            loss = criterion(out, target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(model)
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((out.detach().argmax(1) == y).sum())
+        seen += len(idx)
+    return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split a permutation into batches; a last batch of one joins the previous (BatchNorm needs two)."""
+    chunks = list(torch.split(order, batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+    return chunks
+
+
+def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    epoch_seed = (seed * 1_000_003 + epoch) % 2**31
+    torch.manual_seed(epoch_seed)  # dropout / drop-path inside the model (also seeds CUDA)
+    np.random.seed(epoch_seed)  # timm Mixup draws lambda and boxes from numpy's global RNG
+    return torch.Generator().manual_seed(epoch_seed)
+
+
+def _mixup(recipe: Recipe, num_classes: int) -> Mixup | None:
+    if (recipe.mixup_alpha <= 0 and recipe.cutmix_alpha <= 0) or recipe.mix_prob <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=recipe.mixup_alpha,
+        cutmix_alpha=recipe.cutmix_alpha,
+        prob=recipe.mix_prob,
+        label_smoothing=recipe.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _train_criterion(recipe: Recipe, mixup: Mixup | None) -> nn.Module:
+    if mixup is not None:
+        return SoftTargetCrossEntropy()  # Mixup already folds label smoothing into its soft targets
+    if recipe.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _stop_reason(state: dict[str, Any], next_epoch: int, budget: Budget) -> str | None:
+    if next_epoch >= budget.epochs:
+        return "completed"
+    if state["bad_epochs"] >= budget.patience:
+        return "early_stopping"
+    if state["elapsed_s"] >= budget.time_budget_s:
+        return "time_budget"
+    return None
+
+
+def _fresh_state() -> dict[str, Any]:
+    return dict(
+        next_epoch=0,
+        history=[],
+        best_val_loss=float("inf"),
+        best_epoch=-1,
+        bad_epochs=0,
+        best_state={},
+        elapsed_s=0.0,
+        train_seconds=0.0,
+        images_seen=0,
+        stopped_reason=None,
+    )
+
+
+def _recovery_payload(state, resume_token, model, optimizer, scheduler, scaler, ema) -> dict[str, Any]:
+    return dict(
+        state,
+        format=RECOVERY_FORMAT,
+        resume_token=resume_token,
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(),
+        ema=ema.state_dict() if ema is not None else {},
+        torch_rng_state=torch.get_rng_state(),
+    )
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
+
+
+def _check_inputs(train_images, train_labels, val_images, val_labels, num_classes: int) -> None:
+    for name, images, lab in (("train", train_images, train_labels), ("validation", val_images, val_labels)):
+        shape = getattr(images, "shape", None)
+        if shape is None or len(shape) != 4 or shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{name} images must be a uint8 array N x S x S x 3, got {getattr(images, 'dtype', type(images))} {shape}")
+        if len(images) != len(lab):
+            raise ValueError(f"{name}: {len(images)} images but {len(lab)} labels")
+        if len(images) < 2:
+            raise ValueError(f"{name}: {len(images)} crops; a fold needs at least 2 (check the folds table and crop cache)")
+        lab = np.asarray(lab)
+        if lab.min() < 0 or lab.max() >= num_classes:
+            raise ValueError(f"{name} labels must be class indices in [0, {num_classes}), got range [{lab.min()}, {lab.max()}]")
