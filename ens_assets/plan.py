@@ -302,6 +302,11 @@ class Plan(_Strict):
         m = self.member(member) if isinstance(member, str) else member
         return [SMOKE_FOLD] if m.stage == "smoke" else [SMOKE_FOLD, *self.fold_keys]
 
+    def prediction_folds(self, member: Member | str) -> list[str]:
+        """Checkpoints a member's OOF/test predictions come from: its k folds at cv, its smoke run before."""
+        m = self.member(member) if isinstance(member, str) else member
+        return [SMOKE_FOLD] if m.stage == "smoke" else list(self.fold_keys)
+
     def budget_for_fold(self, fold: int | str) -> Budget:
         return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
 

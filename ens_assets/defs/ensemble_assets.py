@@ -1,0 +1,89 @@
+"""Ensemble stage: combine members from their OOF predictions, score honestly, and map the gaps."""
+
+
+import dagster as dg
+
+from ens_assets.defs.metadata import frame_markdown, table_metadata
+from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.plan import Plan
+
+
+def build_ensemble_assets(
+    plan: Plan, oof_predictions: dg.AssetsDefinition, test_predictions: dg.AssetsDefinition
+) -> list[dg.AssetsDefinition]:
+    @dg.asset(group_name="ensemble", deps=[oof_predictions, test_predictions], kinds={"scikitlearn", "mlflow"})
+    def ensemble(
+        context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
+    ) -> dg.MaterializeResult:
+        """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
+        from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
+        from ens_assets.ensemble.plots import png_markdown
+        from ens_assets.member_outputs import collect_member_outputs
+
+        plan = plan_resource.load()
+        outputs = collect_member_outputs(plan)
+        for member, why in outputs.excluded.items():
+            context.log.warning(f"{member} left out of the ensemble: {why}")
+        if not outputs.oof:
+            raise dg.Failure(
+                description="no member has OOF predictions at stage cv: promote a member to cv and "
+                "materialize its checkpoints and predictions",
+                metadata={"excluded": dg.MetadataValue.json(outputs.excluded)},
+            )
+        result = build_ensemble(
+            outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
+            submission_format="conservision",
+        )
+        tracking_uri = mlflow_tracking.activate(plan)
+        member_runs = {m: info["mlflow_run_ids"] for m, info in outputs.info.items()}
+        run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        return dg.MaterializeResult(
+            metadata={
+                "method": plan.ensemble.method,
+                "members": dg.MetadataValue.json(result.spec),
+                "excluded_members": dg.MetadataValue.json(outputs.excluded),
+                "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
+                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
+                "pareto": dg.MetadataValue.md(png_markdown(result.pareto_png, "accuracy vs compute")),
+                "submission": dg.MetadataValue.path(str(result.submission_path)),
+                "mlflow_run_id": run_id,
+                **table_metadata(_headline(result.scores)),
+            }
+        )
+
+    @dg.asset(group_name="ensemble", deps=[ensemble], kinds={"matplotlib"})
+    def ensemble_diagnostics(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
+        """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
+        import json
+
+        from ens_assets.ensemble.build import build_diagnostics
+        from ens_assets.ensemble.plots import png_markdown
+        from ens_assets.member_outputs import collect_member_outputs
+
+        plan = plan_resource.load()
+        outputs = collect_member_outputs(plan)
+        spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
+        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        return dg.MaterializeResult(
+            metadata={
+                "roadmap": dg.MetadataValue.md(diagnostics.roadmap),
+                "per_class_recall": dg.MetadataValue.md(frame_markdown(diagnostics.recall)),
+                "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.recall_png, "per-class recall")),
+                "confusions": dg.MetadataValue.md(png_markdown(diagnostics.confusion_png, "confusion matrices")),
+                "all_fail_classes": dg.MetadataValue.json(diagnostics.all_fail),
+                "single_win_classes": dg.MetadataValue.json(diagnostics.single_win),
+                "drop_candidates": dg.MetadataValue.json(diagnostics.never_selected),
+            }
+        )
+
+    return [ensemble, ensemble_diagnostics]
+
+
+def _headline(scores) -> dict[str, float]:
+    """Ensemble and best-member honest scores as numbers, so the UI plots them across nights."""
+    out: dict[str, float] = {}
+    for row in scores.iter_rows(named=True):
+        if row["name"] in ("best_single_member",) or row["kind"] == "ensemble":
+            out[f"{row['name']}/log_loss"] = float(row["log_loss"])
+            out[f"{row['name']}/accuracy"] = float(row["accuracy"])
+    return out

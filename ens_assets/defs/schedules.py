@@ -1,0 +1,139 @@
+"""Jobs and the nightly/morning schedules: train what is missing or stale overnight, refresh the ensemble at dawn."""
+
+
+import dagster as dg
+
+from ens_assets.defs.partitions import checkpoint_key
+from ens_assets.defs.resources import PlanResource
+from ens_assets.plan import SMOKE_FOLD, Plan
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, dg.JobDefinition]:
+    return {
+        "data_job": dg.define_asset_job(
+            "data_job",
+            selection=dg.AssetSelection.assets(
+                assets["source_images"], assets["manifest"], assets["detections"], assets["folds"]
+            ),
+            description="Source images, manifest, detections and folds (crops run per threshold in crops_job).",
+        ),
+        "crops_job": dg.define_asset_job(
+            "crops_job", selection=dg.AssetSelection.assets(assets["crops"]), partitions_def=assets["crops"].partitions_def
+        ),
+        "checkpoints_job": dg.define_asset_job(
+            "checkpoints_job",
+            selection=dg.AssetSelection.assets(assets["checkpoints"]),
+            partitions_def=assets["checkpoints"].partitions_def,
+            description="Train one member x fold checkpoint (gpu pool of one).",
+        ),
+        "predictions_job": dg.define_asset_job(
+            "predictions_job",
+            selection=dg.AssetSelection.assets(assets["oof_predictions"], assets["test_predictions"]),
+            partitions_def=assets["oof_predictions"].partitions_def,
+        ),
+        "ensemble_job": dg.define_asset_job(
+            "ensemble_job", selection=dg.AssetSelection.assets(assets["ensemble"], assets["ensemble_diagnostics"])
+        ),
+    }
+
+
+def nightly_requests(plan: Plan, in_flight: set[str]) -> list[dg.RunRequest]:
+    """Checkpoint partitions that are missing or stale, cheapest members first, none already queued/running.
+
+    Smoke runs always come before k-fold runs; a member's cv folds are requested only once its smoke
+    checkpoint passed the gate (cv_gate_problem), so a member that failed smoke is never scheduled for k-fold.
+    """
+    from ens_assets.member_outputs import member_cost
+    from ens_assets.promotion import cv_gate_problem
+    from ens_assets.training.run import checkpoint_is_fresh
+
+    wanted: list[tuple[tuple, str, str]] = []
+    for member in plan.members:
+        cost = member_cost(plan, member.key)
+        for fold in plan.checkpoint_folds(member):
+            if fold != SMOKE_FOLD and cv_gate_problem(plan, member.key, fold):
+                continue
+            if checkpoint_is_fresh(plan, member.key, fold):
+                continue
+            wanted.append(((fold != SMOKE_FOLD, cost, member.key, fold), member.key, fold))
+    requests = []
+    for rank, (_, member, fold) in enumerate(sorted(wanted)):
+        key = checkpoint_key(member, fold)
+        if str(key) in in_flight:
+            continue
+        requests.append(
+            dg.RunRequest(
+                partition_key=key,
+                # Lower-cost work first when the queue drains (higher priority runs earlier).
+                tags={"dagster/priority": str(-rank), "ens_assets/member": member, "ens_assets/fold": fold},
+            )
+        )
+    return requests
+
+
+def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str]:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
+    return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
+
+
+def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefinition]:
+    tz = plan.schedules.timezone
+
+    @dg.schedule(
+        name="nightly_training",
+        cron_schedule=plan.schedules.nightly_cron,
+        execution_timezone=tz,
+        job=jobs["checkpoints_job"],
+        description="Overnight: train missing or stale checkpoints of promoted members, cheapest first.",
+    )
+    def nightly_training(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
+        plan_now = plan_resource.load()
+        requests = nightly_requests(plan_now, in_flight_partitions(context.instance, "checkpoints_job"))
+        if not requests:
+            return dg.SkipReason("every checkpoint of every promoted member is fresh, queued or running")
+        return requests
+
+    @dg.schedule(
+        name="morning_predictions",
+        cron_schedule=plan.schedules.morning_cron,
+        execution_timezone=tz,
+        job=jobs["predictions_job"],
+        description="Morning: refresh OOF and test predictions of every member (the ensemble follows them).",
+    )
+    def morning_predictions(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
+        plan_now = plan_resource.load()
+        from ens_assets.member_outputs import checkpoints_complete
+
+        busy = in_flight_partitions(context.instance, "predictions_job")
+        requests = [
+            dg.RunRequest(partition_key=m, tags={"ens_assets/member": m})
+            for m in plan_now.member_keys
+            if m not in busy and checkpoints_complete(plan_now, m)
+        ]
+        return requests or dg.SkipReason("no member has a complete set of checkpoints that is not already being predicted")
+
+    return [nightly_training, morning_predictions]
+
+
+def build_sensors(jobs: dict[str, dg.JobDefinition]) -> list[dg.SensorDefinition]:
+    @dg.run_status_sensor(
+        name="ensemble_after_predictions",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[jobs["predictions_job"]],
+        request_job=jobs["ensemble_job"],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Refit the ensemble and its diagnostics once the last queued prediction run has finished.",
+    )
+    def ensemble_after_predictions(context: dg.RunStatusSensorContext):
+        if in_flight_partitions(context.instance, "predictions_job"):
+            return dg.SkipReason("prediction runs still in flight; the last one to finish triggers the ensemble")
+        return dg.RunRequest(run_key=f"ensemble-after-{context.dagster_run.run_id}")
+
+    return [ensemble_after_predictions]
