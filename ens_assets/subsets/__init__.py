@@ -1,0 +1,6 @@
+"""Subset ensembles (Ro et al., CVPR-W 2023): difficulty scores, difficulty strata, parameter soups.
+
+Pure core: no Dagster here. `strategy.train_subset_ensemble` is the entry point; the other modules are
+its parts and are usable on their own (difficulty scores for data diagnostics, soups for any set of
+fine-tuned copies of one base model).
+"""
