@@ -1,0 +1,169 @@
+"""Commands the Makefile and DVC stages call. Every stage runs the same Dagster assets, on the instance in
+$DAGSTER_HOME (the repo's dagster_home/ by default), so runs from `dvc repro`, `make demo` and the UI are
+one history.
+
+    ens-assets check                 validate params.yaml
+    ens-assets materialize STAGE     data | crops | train | predict | ensemble | all
+    ens-assets demo                  everything, then where to look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+STAGES = ("data", "crops", "train", "predict", "ensemble")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _instance():
+    import dagster as dg
+
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+class StageRunner:
+    """Runs the plan's jobs partition by partition in this process, printing progress."""
+
+    def __init__(self, params: Path, out=print):
+        import dagster as dg
+
+        from ens_assets.definitions import build_definitions
+        from ens_assets.plan import load_plan
+
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        self.params = params
+        self.plan = load_plan(params)
+        self.defs = build_definitions(params, executor=dg.in_process_executor)
+        self.instance = _instance()
+        self.out = out
+        self.failures: list[str] = []
+        self.step_seconds: dict[str, float] = {}
+
+    def _run(self, job: str, partition_key=None, label: str = "") -> bool:
+        started = time.perf_counter()
+        result = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, partition_key=partition_key, raise_on_error=False
+        )
+        elapsed = time.perf_counter() - started
+        self.step_seconds[label or job] = elapsed
+        status = "ok" if result.success else "FAILED"
+        self.out(f"  [{status}] {label or job} ({elapsed:.1f}s)")
+        if not result.success:
+            for event in result.all_events:
+                if event.is_failure and event.step_failure_data:
+                    error = event.step_failure_data.error
+                    self.out(f"      {error.message.strip().splitlines()[0] if error else 'failed'}")
+                    if event.step_failure_data.user_failure_data and event.step_failure_data.user_failure_data.description:
+                        self.out(f"      {event.step_failure_data.user_failure_data.description}")
+            self.failures.append(label or job)
+        return result.success
+
+    def data(self) -> None:
+        self.out("data: source images, manifest, detections, folds")
+        self._run("data_job")
+
+    def crops(self) -> None:
+        self.out(f"crops: thresholds {self.plan.threshold_keys}")
+        for key in self.plan.threshold_keys:
+            self._run("crops_job", key, f"crops {key}")
+
+    def train(self) -> None:
+        from ens_assets.defs.partitions import checkpoint_key
+        from ens_assets.plan import SMOKE_FOLD
+        from ens_assets.promotion import cv_gate_problem
+
+        self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
+        for member in self.plan.members:
+            self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
+        for member in self.plan.members:
+            for fold in self.plan.checkpoint_folds(member)[1:]:
+                problem = cv_gate_problem(self.plan, member.key, fold)
+                if problem:
+                    self.out(f"  [skip] {member.key} fold {fold}: {problem}")
+                    break
+                self._run("checkpoints_job", checkpoint_key(member.key, fold), f"checkpoint {member.key} fold {fold}")
+
+    def predict(self) -> None:
+        from ens_assets.member_outputs import checkpoints_complete
+
+        self.out("predict: OOF and test predictions per member")
+        for member in self.plan.member_keys:
+            if not checkpoints_complete(self.plan, member):
+                self.out(f"  [skip] {member}: its checkpoints are not all there")
+                continue
+            self._run("predictions_job", member, f"predictions {member}")
+
+    def ensemble(self) -> None:
+        self.out(f"ensemble: {self.plan.ensemble.method} combiner, honest scores, diagnostics")
+        self._run("ensemble_job")
+
+    def run(self, stages) -> int:
+        for stage in stages:
+            getattr(self, stage)()
+        if self.failures:
+            self.out(f"{len(self.failures)} step(s) failed: {self.failures}")
+            return 1
+        return 0
+
+
+def _print_where_to_look(plan, out=print) -> None:
+    import polars as pl
+
+    scores_path = plan.ensemble_dir / "scores.parquet"
+    out("\n=== ensemble vs members (honest, nested-by-fold OOF scores) ===")
+    if scores_path.is_file():
+        scores = pl.read_parquet(scores_path)
+        with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4):
+            out(str(scores))
+    roadmap = plan.diagnostics_dir / "roadmap.md"
+    if roadmap.is_file():
+        out("\n=== diagnostics roadmap ===")
+        out(roadmap.read_text())
+    out("=== where to look ===")
+    out(f"  submission:      {plan.ensemble_dir / 'submission.csv'}")
+    out(f"  diagnostics:     {plan.diagnostics_dir}")
+    out("  Dagster UI:      make ui          (http://127.0.0.1:3000)")
+    out("  MLflow UI:       make mlflow-ui   (http://127.0.0.1:5000)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ens-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate params.yaml and list the partitions it defines")
+    materialize = sub.add_parser("materialize", help="run one stage's assets through Dagster")
+    materialize.add_argument("stage", choices=[*STAGES, "all"])
+    sub.add_parser("demo", help="run every stage on the plan, then print where to look")
+    args = parser.parse_args(argv)
+
+    from ens_assets.plan import PlanError, load_plan
+
+    try:
+        plan = load_plan(args.params)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"plan OK: {len(plan.members)} members, thresholds {plan.threshold_keys}, {plan.folds.k} folds")
+        for member in plan.members:
+            print(f"  {member.key:40s} stage {member.stage:5s} partitions {plan.checkpoint_folds(member)}")
+        return 0
+    runner = StageRunner(args.params)
+    stages = STAGES if args.command == "demo" or args.stage == "all" else (args.stage,)
+    started = time.perf_counter()
+    code = runner.run(stages)
+    print(f"\nfinished in {time.perf_counter() - started:.0f}s")
+    if args.command == "demo":
+        _print_where_to_look(plan)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
