@@ -1,0 +1,258 @@
+"""Entry points the Dagster layer calls: build the ensemble + submission, diagnose it, log it to MLflow.
+
+Every file is written atomically, so a killed step leaves the previous outputs or the new ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from ens_assets.atomic import atomic_path, write_bytes, write_json, write_parquet, write_text
+from ens_assets.ensemble.combiners import METHODS, combiner_from_spec
+from ens_assets.ensemble.compute import accuracy_vs_compute
+from ens_assets.ensemble.diagnostics import (
+    all_fail_classes,
+    never_selected,
+    per_class_recall,
+    roadmap_markdown,
+    single_win_classes,
+    top_confusions,
+)
+from ens_assets.ensemble.plots import confusion_grid_png, pareto_png, recall_matrix_png
+from ens_assets.ensemble.scoring import BEST_SINGLE, score_methods
+from ens_assets.ensemble.tables import PredictionTableError, stack_members, stack_test
+from ens_assets.plan import EnsembleConfig
+
+SUBMISSION_FORMATS = ("conservision",)
+
+
+@dataclass
+class EnsembleResult:
+    spec: dict[str, Any]  # what spec.json holds
+    scores: pl.DataFrame  # honest comparison table (scoring.SCORE_COLUMNS)
+    compute: pl.DataFrame  # accuracy vs FLOPs with a pareto column
+    submission_path: Path
+    paths: dict[str, Path] = field(default_factory=dict)  # every file written, by short name
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # what metrics.json holds
+
+
+@dataclass
+class DiagnosticsResult:
+    recall: pl.DataFrame  # members (+ "ensemble") x classes
+    all_fail: list[str]
+    single_win: list[tuple[str, str, float, float]]
+    confusions: pl.DataFrame
+    never_selected: list[str]
+    roadmap: str  # markdown
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _member_flops(member_info: dict[str, dict], members: Sequence[str]) -> dict[str, int]:
+    missing = [m for m in members if m not in member_info or member_info[m].get("flops_per_image") is None]
+    if missing:
+        raise PredictionTableError(
+            f"member_info lacks flops_per_image for {missing}; the training stage records it per member "
+            "(torch.utils.flop_counter) and the ensemble needs it for the accuracy-vs-compute table"
+        )
+    return {m: int(member_info[m]["flops_per_image"]) for m in members}
+
+
+def build_ensemble(
+    oof: dict[str, pl.DataFrame],
+    test: dict[str, pl.DataFrame],
+    classes: Sequence[str],
+    member_info: dict[str, dict],
+    cfg: EnsembleConfig,
+    out_dir: Path,
+    submission_format: str = "conservision",
+    compare_methods: Sequence[str] | None = None,
+) -> EnsembleResult:
+    """Fit `cfg.method` on all OOF rows, score every method honestly, write spec/scores/metrics/submission.
+
+    `compare_methods` (default: all methods) are scored beside the configured one for the comparison table.
+    """
+    if submission_format not in SUBMISSION_FORMATS:
+        raise ValueError(f"submission_format '{submission_format}' is not supported; use one of {SUBMISSION_FORMATS}")
+    out_dir = Path(out_dir)
+    classes = list(classes)
+    stack = stack_members(oof, classes)
+    no_test = [m for m in stack.members if m not in test]
+    if no_test:
+        raise PredictionTableError(f"members {no_test} have OOF but no test predictions; predict the test set "
+                                   "with every member before building the ensemble")
+    test_stack = stack_test({m: test[m] for m in stack.members}, classes)
+    partial = {m: n for m, n in test_stack.dropped.items() if n}
+    if partial:
+        raise PredictionTableError(
+            f"test predictions cover different images: members {partial} have rows the others lack "
+            f"(only {len(test_stack.image_ids)} images are shared); a submission needs every test image, so "
+            "re-run prediction for the members that miss images"
+        )
+    member_flops = _member_flops(member_info, stack.members)
+
+    methods = [cfg.method] + [m for m in (compare_methods or METHODS) if m != cfg.method]
+    scored = score_methods(stack, methods, rounds=cfg.greedy_rounds)
+    combiner = scored.fitted[cfg.method]
+    test_probs = combiner.predict_proba(test_stack.probs)
+
+    spec = {
+        **combiner.spec(),
+        "nested": scored.nested,
+        "oof_images": len(stack.image_ids),
+        "oof_folds": sorted(int(f) for f in np.unique(stack.folds)),
+        "dropped_oof_rows": stack.dropped,
+        "member_info": {m: member_info.get(m, {}) for m in stack.members},
+    }
+    ensemble_members = {m: c.spec()["weights"] for m, c in scored.fitted.items()}
+    compute = accuracy_vs_compute(scored.table, member_flops, ensemble_members)
+    rows = {r["name"]: r for r in scored.table.iter_rows(named=True)}
+    chosen, best = rows[cfg.method], rows[BEST_SINGLE]
+    metrics = {
+        "ensemble": {k: chosen[k] for k in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy")}
+        | {"members_used": len([w for w in combiner.weights_ if w > 0]),
+           "flops_per_image": int(compute.filter(pl.col("name") == cfg.method)["flops_per_image"][0])},
+        "best_member": {"log_loss": best["log_loss"], "accuracy": best["accuracy"],
+                        "flops_per_image": member_flops[best["members_used"]]},
+        "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"]} for m in methods},
+    }
+
+    submission = pl.DataFrame({"id": test_stack.image_ids}).with_columns(
+        [pl.Series(c, test_probs[:, i]) for i, c in enumerate(classes)]
+    )
+    pareto = pareto_png(compute)
+    paths = {
+        "spec": write_json(out_dir / "spec.json", spec),
+        "scores": write_parquet(out_dir / "scores.parquet", scored.table),
+        "metrics": write_json(out_dir / "metrics.json", metrics),
+        "compute": write_parquet(out_dir / "compute.parquet", compute),
+        "pareto": write_bytes(out_dir / "pareto.png", pareto),
+    }
+    with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
+        scored.table.write_csv(tmp)
+    paths["scores_csv"] = out_dir / "scores.csv"
+    with atomic_path(out_dir / "submission.csv", suffix=".csv") as tmp:
+        submission.write_csv(tmp)
+    paths["submission"] = out_dir / "submission.csv"
+    return EnsembleResult(spec, scored.table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
+
+
+def build_diagnostics(
+    oof: dict[str, pl.DataFrame],
+    classes: Sequence[str],
+    spec: dict[str, Any],
+    cfg: EnsembleConfig,
+    out_dir: Path,
+) -> DiagnosticsResult:
+    """Recall matrix, all-fail and single-win classes, shared confusions and the roadmap, from OOF + spec.
+
+    The `ensemble` row uses the spec's weights, fitted on all OOF rows (in-sample).
+    """
+    out_dir = Path(out_dir)
+    stack = stack_members(oof, list(classes))
+    absent = [m for m in spec["members"] if m not in stack.members]
+    if absent:
+        raise PredictionTableError(f"spec members {absent} have no OOF table; pass the OOF of every ensemble member")
+    ensemble_probs = combiner_from_spec(spec).predict_proba(stack.subset(spec["members"]).probs)
+    recall = per_class_recall(stack, ensemble_probs)
+    all_fail = all_fail_classes(recall, cfg.fail_recall)
+    single_win = single_win_classes(recall, cfg.win_margin)
+    confusions = top_confusions(stack, cfg.top_confusions)
+    unused = never_selected(spec, stack.members)
+    roadmap = roadmap_markdown(recall, all_fail, single_win, confusions, unused,
+                               fail_recall=cfg.fail_recall, win_margin=cfg.win_margin)
+    pngs = {
+        "recall_matrix": recall_matrix_png(recall),
+        "confusion_grid": confusion_grid_png(stack, ensemble_probs, ensemble_name=f"ensemble ({spec['method']})"),
+    }
+    paths = {
+        "roadmap": write_text(out_dir / "roadmap.md", roadmap),
+        "confusions": write_parquet(out_dir / "confusions.parquet", confusions),
+        **{name: write_bytes(out_dir / f"{name}.png", png) for name, png in pngs.items()},
+    }
+    with atomic_path(out_dir / "per_class_recall.csv", suffix=".csv") as tmp:
+        recall.write_csv(tmp)
+    paths["per_class_recall"] = out_dir / "per_class_recall.csv"
+    return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths)
+
+
+def _metric_key(text: str) -> str:
+    # MLflow keys allow alphanumerics, '_', '-', '.', ' ', '/'.
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:///"):
+        # Keep artifacts beside the database, not in whatever folder the process happens to run in.
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=artifact_location)
+
+
+def log_ensemble_to_mlflow(
+    result: EnsembleResult,
+    diagnostics: DiagnosticsResult | None,
+    member_run_ids: dict[str, str],
+    experiment: str,
+    tracking_uri: str | None = None,
+) -> str:
+    """Log the ensemble as its own MLflow run: comparison metrics, member run links, files; return run id.
+
+    The tracking URI is $MLFLOW_TRACKING_URI when set, else `tracking_uri`.
+    """
+    from mlflow import MlflowClient  # deferred: importing mlflow is slow
+    from mlflow.entities import Metric, Param
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+    if not uri:
+        raise ValueError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass tracking_uri "
+                         "(e.g. 'sqlite:///mlruns.db' from plan.tracking.default_store)")
+    client = MlflowClient(tracking_uri=uri)
+    spec = result.spec
+    members = spec["members"]
+    note = "\n".join([f"Ensemble `{spec['method']}` over {len(members)} members.", "", "Member runs:"]
+                     + [f"- `{m}`: run `{member_run_ids.get(m, 'unknown')}`" for m in members])
+    tags = {"ens_assets.kind": "ensemble", "ens_assets.method": spec["method"], "mlflow.note.content": note}
+    tags.update({f"member_run.{_metric_key(m)}": rid for m, rid in member_run_ids.items() if rid})
+    run = client.create_run(_experiment_id(client, experiment, uri), run_name=f"ensemble-{spec['method']}",
+                            tags=tags)
+    run_id = run.info.run_id
+    try:
+        params = {"method": spec["method"], "n_members": len(members), "nested": spec.get("nested"),
+                  "members": ",".join(members)[:6000], "n_classes": len(spec["classes"])}
+        params.update({f"weight.{_metric_key(m)}": round(w, 6) for m, w in spec["weights"].items()})
+        params.update({f"member_run.{_metric_key(m)}": member_run_ids.get(m) or "none" for m in members})
+        metrics = []
+        for row in result.scores.iter_rows(named=True):
+            for column in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy"):
+                metrics.append((f"{column}/{_metric_key(row['name'])}", row[column]))
+        chosen = result.metrics["ensemble"]
+        metrics += [("log_loss", chosen["log_loss"]), ("accuracy", chosen["accuracy"]),
+                    ("flops_per_image", chosen["flops_per_image"])]
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics if v is not None],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        files = list(result.paths.values()) + (list(diagnostics.paths.values()) if diagnostics else [])
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id, "FINISHED")
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
