@@ -7,3 +7,89 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_USE_OLD_CACHE", "0")
 # Two cores: keep torch from oversubscribing when several processes run.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# --- shared tiny project: demo data -> manifest -> detections -> crops -> folds ------------------
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+TINY_PARAMS = {
+    "data": {
+        "layout": "demo",
+        "root": "data/demo",
+        "detections": "data/demo/megadetector.json",
+        "demo": {
+            "seed": 0,
+            "train_images_per_class": 10,
+            "test_images_per_class": 3,
+            "train_sites": 6,
+            "test_sites": 2,
+            "frame_width": 96,
+            "frame_height": 72,
+        },
+    },
+    # min_size_px 4: at 96x72 a rodent box is ~8 px wide; the default 8 would make every small animal a fallback.
+    "crops": {"thresholds": [0.05, 0.2], "mode": "top", "square": True, "padding": 0.1, "min_size_px": 4, "image_size": 32},
+    "folds": {"k": 2, "seed": 0},
+    "recipes": {
+        "geo": {"hflip": 0.5, "scale": [0.6, 1.0], "label_smoothing": 0.1},
+        "mixup": {"hflip": 0.5, "scale": [0.6, 1.0], "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8},
+    },
+    "training": {
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "smoke": {"epochs": 2, "time_budget_s": 120, "patience": 3},
+        "cv": {"epochs": 2, "time_budget_s": 120, "patience": 3},
+    },
+    "members": [
+        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
+        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "smoke"},
+    ],
+    "workdir": "work",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tmp_path_factory) -> Path:
+    """A params.yaml for a tiny demo project in a session tmp dir (load with ens_assets.plan.load_plan)."""
+    project = tmp_path_factory.mktemp("tiny_project")
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_params) -> dict:
+    """The tiny project's data stage run with the data core, written at the plan's conventional paths."""
+    from ens_assets.atomic import write_parquet
+    from ens_assets.data.crops import build_crop_cache, open_crop_cache
+    from ens_assets.data.demo import generate_demo
+    from ens_assets.data.detections import load_detections
+    from ens_assets.data.folds import assign_folds
+    from ens_assets.data.ingest import load_manifest
+    from ens_assets.plan import load_plan
+
+    plan = load_plan(tiny_params)
+    demo_info = generate_demo(plan.data_root, plan.data.demo)
+    manifest = load_manifest(plan)
+    write_parquet(plan.manifest_path, manifest)
+    detections = load_detections(plan.path(plan.data.detections), manifest)
+    write_parquet(plan.detections_path, detections)
+    crop_summaries = {
+        key: build_crop_cache(manifest, detections, float(key), plan.crops, plan.crops_dir(key))
+        for key in plan.threshold_keys
+    }
+    folds = assign_folds(manifest, plan.folds.k, plan.folds.seed)
+    write_parquet(plan.folds_path, folds)
+    return {
+        "plan": plan,
+        "params": tiny_params,
+        "demo_info": demo_info,
+        "manifest": manifest,
+        "detections": detections,
+        "folds": folds,
+        "crop_summaries": crop_summaries,
+        "crops": {key: open_crop_cache(plan.crops_dir(key)) for key in plan.threshold_keys},
+    }

@@ -1,0 +1,322 @@
+"""The crop cache of one detector threshold: every manifest image becomes detection crops, a
+full-frame fallback, or a quarantine row with a reason (nothing is dropped silently).
+
+On disk (out_dir): images.npy (uint8 N x S x S x 3, memory-mappable), index.parquet (one row per
+crop), quarantine.parquet, summary.json. Built into a temp folder beside out_dir with all cores,
+then swapped in, so a killed build leaves the previous cache intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+
+from ens_assets.data.images import ImageProblem, load_rgb
+from ens_assets.plan import CropConfig, DataConfig, threshold_key
+
+INDEX_SCHEMA = pl.Schema(
+    {
+        "row": pl.Int64,
+        "image_id": pl.String,
+        "label": pl.String,
+        "site": pl.String,
+        "split": pl.String,
+        "source": pl.String,
+        "conf": pl.Float64,
+        "x": pl.Float64,
+        "y": pl.Float64,
+        "w": pl.Float64,
+        "h": pl.Float64,
+    }
+)
+QUARANTINE_SCHEMA = pl.Schema({"image_id": pl.String, "rel_path": pl.String, "split": pl.String, "reason": pl.String})
+_COPY_BLOCK_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one image (plain data, cheap to pickle)."""
+
+    image_id: str
+    path: str
+    rel_path: str
+    label: str | None
+    site: str
+    split: str
+    boxes: tuple[tuple[float, float, float, float, float], ...]  # (conf, x, y, w, h), best first
+
+
+@dataclass(frozen=True)
+class _Settings:
+    image_size: int
+    padding: float
+    square: bool
+    min_size_px: int
+    max_pixels: int
+    top_only: bool
+
+
+def crop_pixels(box: tuple[float, float, float, float], width: int, height: int, s: _Settings):
+    """Pixel rectangle (left, top, right, bottom) of a normalized box after padding and squaring,
+    shifted inside the frame where it fits and clamped where it does not; None when too small."""
+    x, y, w, h = box
+    bw, bh = w * width, h * height
+    if bw < s.min_size_px or bh < s.min_size_px:
+        return None
+    cx, cy = (x + w / 2) * width, (y + h / 2) * height
+    bw, bh = bw * (1 + 2 * s.padding), bh * (1 + 2 * s.padding)
+    if s.square:
+        bw = bh = max(bw, bh)
+
+    def place(centre: float, size: float, limit: int) -> tuple[float, float]:
+        if size >= limit:
+            return 0.0, float(limit)
+        start = min(max(centre - size / 2, 0.0), limit - size)
+        return start, start + size
+
+    left, right = place(cx, bw, width)
+    top, bottom = place(cy, bh, height)
+    return left, top, right, bottom
+
+
+def _process_chunk(args: tuple[list[_Job], _Settings]):
+    """Worker: crops for a chunk of images -> (uint8 array, index rows, quarantine rows)."""
+    jobs, s = args
+    size = (s.image_size, s.image_size)
+    crops: list[np.ndarray] = []
+    rows: list[dict] = []
+    quarantine: list[dict] = []
+    for job in jobs:
+        base = {"image_id": job.image_id, "label": job.label, "site": job.site, "split": job.split}
+        try:
+            pixels = load_rgb(job.path, s.max_pixels)
+        except ImageProblem as problem:
+            quarantine.append({"image_id": job.image_id, "rel_path": job.rel_path, "split": job.split, "reason": problem.reason})
+            continue
+        image = Image.fromarray(pixels)
+        used = False
+        for conf, x, y, w, h in job.boxes:
+            rect = crop_pixels((x, y, w, h), image.width, image.height, s)
+            if rect is None:
+                continue
+            crops.append(np.asarray(image.resize(size, Image.BILINEAR, box=rect)))
+            rows.append({**base, "source": "detection", "conf": conf, "x": x, "y": y, "w": w, "h": h})
+            used = True
+            if s.top_only:  # the best box that is large enough; runners-up only stand in for tiny ones
+                break
+        if not used:
+            crops.append(np.asarray(image.resize(size, Image.BILINEAR)))
+            rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
+    array = np.stack(crops) if crops else np.zeros((0, *size, 3), dtype=np.uint8)
+    return array, rows, quarantine
+
+
+def _jobs(manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float) -> list[_Job]:
+    usable = detections.filter(
+        (pl.col("status") == "ok")
+        & (pl.col("category") == "animal")
+        & pl.col("problem").is_null()
+        & (pl.col("conf") >= threshold)
+    ).sort(["image_id", "conf"], descending=[False, True])
+    boxes: dict[str, list[tuple]] = {}
+    for image_id, conf, x, y, w, h in usable.select("image_id", "conf", "x", "y", "w", "h").iter_rows():
+        boxes.setdefault(image_id, []).append((conf, x, y, w, h))
+    jobs = []
+    for row in manifest.iter_rows(named=True):
+        candidates = boxes.get(row["image_id"], [])
+        jobs.append(
+            _Job(row["image_id"], row["path"], row["rel_path"], row["label"], row["site"], row["split"], tuple(candidates))
+        )
+    return jobs
+
+
+def _resolve_workers(workers: int | None, cfg: CropConfig) -> int:
+    if workers is None:
+        workers = cfg.workers
+    return max(1, workers or os.cpu_count() or 1)
+
+
+def _pool_context():
+    # fork starts workers in milliseconds; spawn would re-import numpy/PIL/polars in each one.
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+def build_crop_cache(
+    manifest: pl.DataFrame,
+    detections: pl.DataFrame,
+    threshold: float,
+    cfg: CropConfig,
+    out_dir: Path,
+    workers: int | None = None,
+    *,
+    max_pixels: int = DataConfig().max_image_pixels,
+) -> dict:
+    """Build the crop cache for one threshold into out_dir (replacing it atomically); return the summary.
+
+    workers: processes to use; None takes cfg.workers, and 0 means all cores.
+    """
+    out_dir = Path(out_dir)
+    settings = _Settings(cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top")
+    jobs = _jobs(manifest, detections, threshold)
+    n_workers = _resolve_workers(workers, cfg)
+    chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
+    chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        index_rows: list[dict] = []
+        quarantine_rows: list[dict] = []
+        raw_path = building / "images.raw"
+        with open(raw_path, "wb") as raw:
+
+            def collect(result):
+                array, rows, quarantine = result
+                for row in rows:
+                    row["row"] = len(index_rows)
+                    index_rows.append(row)
+                quarantine_rows.extend(quarantine)
+                raw.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+            if n_workers == 1 or len(chunks) <= 1:
+                for chunk in chunks:
+                    collect(_process_chunk(chunk))
+            else:
+                with _pool_context().Pool(min(n_workers, len(chunks))) as pool:
+                    for result in pool.imap(_process_chunk, chunks):
+                        collect(result)
+        _raw_to_npy(raw_path, building / "images.npy", len(index_rows), cfg.image_size)
+        raw_path.unlink()
+
+        index = pl.DataFrame(index_rows, schema=INDEX_SCHEMA) if index_rows else pl.DataFrame(schema=INDEX_SCHEMA)
+        quarantine = (
+            pl.DataFrame(quarantine_rows, schema=QUARANTINE_SCHEMA) if quarantine_rows else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+        )
+        summary = _summary(manifest, detections, index, quarantine, threshold, cfg)
+        index.write_parquet(building / "index.parquet")
+        quarantine.write_parquet(building / "quarantine.parquet")
+        (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        _swap_in(building, out_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return summary
+
+
+def _raw_to_npy(raw_path: Path, npy_path: Path, n: int, size: int) -> None:
+    shape = (n, size, size, 3)
+    if n == 0:
+        np.save(npy_path, np.zeros(shape, dtype=np.uint8))  # a zero-byte array cannot be memory-mapped
+        return
+    source = np.memmap(raw_path, dtype=np.uint8, mode="r", shape=shape)
+    target = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.uint8, shape=shape)
+    for start in range(0, n, _COPY_BLOCK_ROWS):
+        target[start : start + _COPY_BLOCK_ROWS] = source[start : start + _COPY_BLOCK_ROWS]
+    target.flush()
+    del source, target
+
+
+def _swap_in(building: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+        os.rename(building, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(building, out_dir)
+
+
+def _per_label(frame: pl.DataFrame) -> dict[str, int]:
+    counts = frame.with_columns(pl.col("label").fill_null("(unlabelled)")).group_by("label").len().sort("label")
+    return dict(counts.iter_rows())
+
+
+def _summary(
+    manifest: pl.DataFrame,
+    detections: pl.DataFrame,
+    index: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    threshold: float,
+    cfg: CropConfig,
+) -> dict:
+    detection_rows = index.filter(pl.col("source") == "detection")
+    fallback_rows = index.filter(pl.col("source") == "fallback")
+    n_used = detection_rows["image_id"].n_unique()
+    n_fallback = fallback_rows["image_id"].n_unique()
+    summary = {
+        "threshold": threshold_key(threshold),
+        "cfg": cfg.model_dump(mode="json", exclude={"thresholds", "workers"}),
+        "n_images": manifest.height,
+        "n_used": n_used,
+        "n_fallback_only": n_fallback,
+        "n_quarantined": quarantine.height,
+        "n_crops": index.height,
+        "n_detection_crops": detection_rows.height,
+        "crops_per_class": _per_label(detection_rows),
+        "fallbacks_per_class": _per_label(fallback_rows),
+        "quarantined_per_class": _per_label(quarantine.join(manifest.select("image_id", "label"), on="image_id", how="left")),
+        "per_split": {
+            split: {
+                "detection": detection_rows.filter(pl.col("split") == split).height,
+                "fallback": fallback_rows.filter(pl.col("split") == split).height,
+                "quarantined": quarantine.filter(pl.col("split") == split).height,
+            }
+            for split in sorted(manifest["split"].unique().to_list())
+        },
+        "detection_status": dict(
+            detections.group_by("status").agg(pl.col("image_id").n_unique()).sort("status").iter_rows()
+        ),
+        "n_problem_detections": detections.filter(pl.col("problem").is_not_null()).height,
+    }
+    if summary["n_images"] != n_used + n_fallback + summary["n_quarantined"]:
+        raise RuntimeError(f"crop cache lost images: {summary}")  # an internal bug, never bad input
+    return summary
+
+
+@dataclass
+class CropCache:
+    """A built crop cache, opened read-only (images memory-mapped)."""
+
+    out_dir: Path
+    images: np.ndarray
+    index: pl.DataFrame
+    quarantine: pl.DataFrame
+    summary: dict
+
+    def content_hash(self) -> str:
+        """Cheap stable fingerprint of summary + index (not the pixels): training's skip-when-fresh key."""
+        digest = hashlib.sha256(json.dumps(self.summary, sort_keys=True).encode())
+        digest.update(self.index.write_csv().encode())
+        return digest.hexdigest()[:16]
+
+
+def open_crop_cache(out_dir: Path) -> CropCache:
+    out_dir = Path(out_dir)
+    needed = ["images.npy", "index.parquet", "quarantine.parquet", "summary.json"]
+    missing = [name for name in needed if not (out_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: no complete crop cache (missing {missing}); build it with build_crop_cache")
+    try:
+        images = np.load(out_dir / "images.npy", mmap_mode="r")
+    except ValueError:  # an empty cache (every image quarantined) cannot be memory-mapped
+        images = np.load(out_dir / "images.npy")
+    index = pl.read_parquet(out_dir / "index.parquet")
+    if images.shape[0] != index.height:
+        raise ValueError(f"{out_dir}: images.npy holds {images.shape[0]} crops but index.parquet {index.height}; rebuild the cache")
+    return CropCache(
+        out_dir=out_dir,
+        images=images,
+        index=index,
+        quarantine=pl.read_parquet(out_dir / "quarantine.parquet"),
+        summary=json.loads((out_dir / "summary.json").read_text()),
+    )

@@ -1,0 +1,339 @@
+"""Ingest a dataset in one of four layouts into one manifest table.
+
+Manifest columns (in this order): image_id, path (absolute), rel_path (posix, relative to the data
+root; what MegaDetector's JSON "file" matches), label (null for test rows), site, split ("train" |
+"test").
+
+Layouts:
+- demo / conservision: DrivenData Conser-vision files (train_features.csv, train_labels.csv one-hot,
+  test_features.csv); the test split comes with the data.
+- zamba: a CSV `filepath,label[,site]`; image_id = rel_path.
+- imagefolder: root/<class>/<image> (site "unknown") or root/<class>/<site>/<image>; image_id = rel_path.
+  Hidden files are skipped; every other file is an image row (a stray non-image is quarantined at crop
+  time with a reason rather than dropped silently).
+- coco: COCO Camera Traps JSON; location -> site, category 0 or "empty" -> label "blank".
+Layouts without a test split send whole sites to "test" by data.test_site_fraction.
+
+Missing image files are not manifest errors: they are quarantined at crop time, so every image stays
+accounted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path, PurePosixPath
+
+import polars as pl
+
+from ens_assets.plan import CLASSES_CONSERVISION, Plan
+
+MANIFEST_SCHEMA = pl.Schema(
+    {
+        "image_id": pl.String,
+        "path": pl.String,
+        "rel_path": pl.String,
+        "label": pl.String,
+        "site": pl.String,
+        "split": pl.String,
+    }
+)
+UNKNOWN_SITE = "unknown"
+BLANK_LABEL = "blank"
+
+
+class ManifestError(ValueError):
+    """A dataset description that cannot be ingested; names the file, the row and the fix."""
+
+
+# --- shared checks -------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, required: list[str]) -> pl.DataFrame:
+    if not path.is_file():
+        raise ManifestError(f"{path}: file not found; check data.root and the layout's file names")
+    try:
+        frame = pl.read_csv(path, infer_schema=False)  # everything as strings: ids like 007 stay intact
+    except Exception as exc:  # polars raises several error types for malformed CSV
+        raise ManifestError(f"{path}: not a readable CSV ({exc}); re-export it as comma-separated UTF-8") from None
+    frame = frame.rename({c: c.strip() for c in frame.columns})
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing required column(s) {missing}; found {frame.columns}. Add the column(s) to the header"
+        )
+    return frame
+
+
+def _relative_path(root: Path, raw: object, where: str) -> tuple[str, str]:
+    """Resolve a filepath cell against the data root: (absolute path, posix rel_path)."""
+    if raw is None or str(raw).strip() == "":
+        raise ManifestError(f"{where}: empty file path; fill it in or delete the row")
+    text = str(raw).strip().replace("\\", "/")
+    candidate = Path(text)
+    absolute = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+    try:
+        rel = absolute.relative_to(root)
+    except ValueError:
+        raise ManifestError(
+            f"{where}: path '{text}' escapes the data root {root}; move the image under the root "
+            "or point data.root at a folder that contains it"
+        ) from None
+    return str(absolute), PurePosixPath(*rel.parts).as_posix()
+
+
+def _claim_id(seen: dict[str, str], image_id: str, where: str) -> None:
+    """Fail on a repeated image id, naming both places it appears."""
+    if image_id in seen:
+        raise ManifestError(
+            f"{where}: duplicate image id '{image_id}' (first seen at {seen[image_id]}); every image needs a "
+            "unique id. Remove the repeated row or give it its own id"
+        )
+    seen[image_id] = where
+
+
+def _finish(rows: list[dict], source: str) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema=MANIFEST_SCHEMA, orient="row") if rows else pl.DataFrame(schema=MANIFEST_SCHEMA)
+    if frame.height == 0:
+        raise ManifestError(f"{source}: no images found; check data.root and data.layout")
+    return frame
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+
+def ingest_conservision(root: Path, labels_file: str | None = None, test_file: str | None = None) -> pl.DataFrame:
+    """Conser-vision layout: train_features.csv + one-hot train_labels.csv (+ test_features.csv)."""
+    root = Path(os.path.abspath(root))
+    features_path = root / "train_features.csv"
+    labels_path = root / (labels_file or "train_labels.csv")
+    test_path = root / (test_file or "test_features.csv")
+    features = _read_csv(features_path, ["id", "filepath", "site"])
+    one_hot = _read_csv(labels_path, ["id", *CLASSES_CONSERVISION])
+    unknown = [c for c in one_hot.columns if c not in ("id", *CLASSES_CONSERVISION)]
+    if unknown:
+        raise ManifestError(
+            f"{labels_path}: unknown label column(s) {unknown}; the Conser-vision classes are "
+            f"{list(CLASSES_CONSERVISION)}. Rename or drop the column(s)"
+        )
+
+    labels: dict[str, str] = {}
+    for i, row in enumerate(one_hot.iter_rows(named=True)):
+        where = f"{labels_path} row {i + 2} (id {row['id']})"
+        hot = []
+        for c in CLASSES_CONSERVISION:
+            cell = (row[c] or "").strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ManifestError(f"{where}: column '{c}' holds '{cell}', expected 0 or 1") from None
+            if value not in (0.0, 1.0):
+                raise ManifestError(f"{where}: column '{c}' holds {cell}, expected 0 or 1")
+            if value == 1.0:
+                hot.append(c)
+        if len(hot) != 1:
+            raise ManifestError(
+                f"{where}: one-hot row has {len(hot)} ones ({hot}); each image needs exactly one class set to 1"
+            )
+        if row["id"] in labels:
+            raise ManifestError(f"{where}: duplicate image id '{row['id']}' in the labels; keep one row per id")
+        labels[row["id"]] = hot[0]
+
+    rows: list[dict] = []
+    seen: dict[str, str] = {}
+    for i, row in enumerate(features.iter_rows(named=True)):
+        where = f"{features_path} row {i + 2} (id {row['id']})"
+        _claim_id(seen, row["id"], where)
+        if row["id"] not in labels:
+            raise ManifestError(f"{where}: image has no row in {labels_path.name}; add its one-hot label or drop it")
+        rows.append(_conservision_row(root, row, where, labels[row["id"]], "train"))
+    train_ids = {r["image_id"] for r in rows}
+    orphans = sorted(set(labels) - train_ids)
+    if orphans:
+        raise ManifestError(
+            f"{labels_path}: {len(orphans)} labelled id(s) have no row in {features_path.name} (e.g. {orphans[:3]}); "
+            "add their filepath and site or remove the labels"
+        )
+    if test_path.is_file() or test_file is not None:
+        test = _read_csv(test_path, ["id", "filepath", "site"])
+        for i, row in enumerate(test.iter_rows(named=True)):
+            where = f"{test_path} row {i + 2} (id {row['id']})"
+            _claim_id(seen, row["id"], where)
+            rows.append(_conservision_row(root, row, where, None, "test"))
+    return _finish(rows, f"{features_path} / {test_path.name}")
+
+
+def _conservision_row(root: Path, row: dict, where: str, label: str | None, split: str) -> dict:
+    if not row["id"]:
+        raise ManifestError(f"{where}: empty id; give every image an id")
+    if not row["site"]:
+        raise ManifestError(f"{where}: empty site; Conser-vision rows need a site (folds split by site)")
+    path, rel = _relative_path(root, row["filepath"], where)
+    return {"image_id": row["id"], "path": path, "rel_path": rel, "label": label, "site": row["site"], "split": split}
+
+
+def ingest_zamba(root: Path, labels_file: str = "labels.csv") -> pl.DataFrame:
+    """Zamba-style CSV `filepath,label` with an optional `site` column; image_id = rel_path."""
+    root = Path(os.path.abspath(root))
+    labels_path = root / labels_file
+    frame = _read_csv(labels_path, ["filepath", "label"])
+    has_site = "site" in frame.columns
+    rows = []
+    seen: dict[str, str] = {}
+    for i, row in enumerate(frame.iter_rows(named=True)):
+        where = f"{labels_path} row {i + 2}"
+        label = (row["label"] or "").strip()
+        if not label:
+            raise ManifestError(f"{where}: empty label; every training image needs a label (use 'blank' for empty frames)")
+        path, rel = _relative_path(root, row["filepath"], where)
+        site = ((row["site"] or "").strip() if has_site else "") or UNKNOWN_SITE
+        _claim_id(seen, rel, where)
+        rows.append({"image_id": rel, "path": path, "rel_path": rel, "label": label, "site": site, "split": "train"})
+    return _finish(rows, str(labels_path))
+
+
+def ingest_imagefolder(root: Path) -> pl.DataFrame:
+    """root/<class>/<image> (site "unknown") or root/<class>/<site>/<image>; image_id = rel_path."""
+    root = Path(os.path.abspath(root))
+    if not root.is_dir():
+        raise ManifestError(f"{root}: not a folder; set data.root to the folder holding one sub-folder per class")
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        parts = Path(dirpath).relative_to(root).parts
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            rel = PurePosixPath(*parts, name).as_posix()
+            if len(parts) == 0:
+                continue  # files beside the class folders (a README, a labels CSV) are not images of a class
+            if len(parts) > 2:
+                raise ManifestError(
+                    f"{root / rel}: nested too deep; the imagefolder layout is root/<class>/<image> or "
+                    "root/<class>/<site>/<image>. Flatten the folders"
+                )
+            site = parts[1] if len(parts) == 2 else UNKNOWN_SITE
+            rows.append(
+                {"image_id": rel, "path": str(root / rel), "rel_path": rel, "label": parts[0], "site": site, "split": "train"}
+            )
+    return _finish(rows, str(root))
+
+
+def ingest_coco(root: Path, json_file: str) -> pl.DataFrame:
+    """COCO Camera Traps: location -> site; category 0 or named "empty" -> label "blank"."""
+    root = Path(os.path.abspath(root))
+    json_path = root / json_file
+    if not json_path.is_file():
+        raise ManifestError(f"{json_path}: file not found; set data.labels_file to the COCO Camera Traps JSON")
+    try:
+        data = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{json_path}: not valid JSON ({exc}); re-export the COCO Camera Traps file") from None
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise ManifestError(f"{json_path}: missing required list '{key}'; a COCO Camera Traps file has images, categories, annotations")
+    categories: dict[object, str] = {}
+    for i, cat in enumerate(data["categories"]):
+        if "id" not in cat or "name" not in cat:
+            raise ManifestError(f"{json_path}: categories[{i}] lacks 'id' or 'name'")
+        name = str(cat["name"]).strip()
+        categories[cat["id"]] = BLANK_LABEL if cat["id"] == 0 or name.lower() == "empty" else name
+    labels: dict[object, set[str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        if ann.get("category_id") not in categories:
+            raise ManifestError(
+                f"{json_path}: annotations[{i}] (id {ann.get('id')}) has unknown category_id {ann.get('category_id')!r}; "
+                f"known ids: {sorted(categories, key=str)}. Add the category or fix the annotation"
+            )
+        labels.setdefault(ann.get("image_id"), set()).add(categories[ann["category_id"]])
+    rows = []
+    seen: dict[str, str] = {}
+    for i, image in enumerate(data["images"]):
+        where = f"{json_path} images[{i}] (id {image.get('id')})"
+        if "id" not in image or "file_name" not in image:
+            raise ManifestError(f"{where}: lacks 'id' or 'file_name'")
+        _claim_id(seen, str(image["id"]), where)
+        found = labels.get(image["id"], set())
+        animals = found - {BLANK_LABEL}
+        if not found:
+            raise ManifestError(f"{where}: no annotation; add one (category 0 'empty' for a blank frame)")
+        if len(animals) > 1:
+            raise ManifestError(
+                f"{where}: labelled with several species {sorted(animals)}; this platform trains single-label "
+                "classifiers, so keep one species per image (or drop the image)"
+            )
+        label = next(iter(animals)) if animals else BLANK_LABEL
+        path, rel = _relative_path(root, image["file_name"], where)
+        location = image.get("location")
+        site = str(location) if location not in (None, "") else UNKNOWN_SITE
+        rows.append({"image_id": str(image["id"]), "path": path, "rel_path": rel, "label": label, "site": site, "split": "train"})
+    return _finish(rows, str(json_path))
+
+
+# --- splits and the plan entry point ---------------------------------------------------------------
+
+
+def hold_out_test_sites(manifest: pl.DataFrame, fraction: float) -> pl.DataFrame:
+    """Move whole sites to split "test" (labels nulled, as for a real test split); 0 keeps all train.
+
+    Sites are ordered by a hash of their name, so the choice is stable and independent of row order.
+    """
+    if fraction <= 0:
+        return manifest
+    sites = sorted(manifest["site"].unique().to_list(), key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    n_test = math.ceil(fraction * len(sites))
+    if n_test >= len(sites):
+        raise ManifestError(
+            f"data.test_site_fraction = {fraction} would leave no training site ({len(sites)} site(s): {sites[:5]}); "
+            "lower the fraction or add site information (zamba: a 'site' column; imagefolder: root/<class>/<site>/)"
+        )
+    test_sites = set(sites[:n_test])
+    is_test = pl.col("site").is_in(list(test_sites))
+    return manifest.with_columns(
+        pl.when(is_test).then(pl.lit(None, dtype=pl.String)).otherwise(pl.col("label")).alias("label"),
+        pl.when(is_test).then(pl.lit("test")).otherwise(pl.col("split")).alias("split"),
+    )
+
+
+def load_manifest(plan: Plan) -> pl.DataFrame:
+    """The manifest of the plan's dataset, dispatching on data.layout."""
+    layout, root = plan.data.layout, plan.data_root
+    if layout in ("demo", "conservision"):
+        return ingest_conservision(root, plan.data.labels_file, plan.data.test_file)
+    if layout == "zamba":
+        manifest = ingest_zamba(root, plan.data.labels_file or "labels.csv")
+    elif layout == "imagefolder":
+        manifest = ingest_imagefolder(root)
+    elif layout == "coco":
+        if not plan.data.labels_file:
+            raise ManifestError("data.labels_file: set it to the COCO Camera Traps JSON (relative to data.root)")
+        manifest = ingest_coco(root, plan.data.labels_file)
+    else:  # pragma: no cover - the plan's Literal type rejects other layouts
+        raise ManifestError(f"data.layout: unknown layout {layout!r}")
+    return hold_out_test_sites(manifest, plan.data.test_site_fraction)
+
+
+def class_names(manifest: pl.DataFrame) -> list[str]:
+    """Sorted labels of the train split: the classifier's output order."""
+    return sorted(manifest.filter(pl.col("split") == "train")["label"].drop_nulls().unique().to_list())
+
+
+def manifest_summary(manifest: pl.DataFrame) -> dict:
+    """Counts for Dagster metadata: images per split, class counts per split and per site."""
+    labelled = manifest.with_columns(pl.col("label").fill_null("(unlabelled)"))
+
+    def nested(key: str) -> dict[str, dict[str, int]]:
+        counts = labelled.group_by(key, "label").len().sort(key, "label")
+        out: dict[str, dict[str, int]] = {}
+        for k, label, n in counts.iter_rows():
+            out.setdefault(k, {})[label] = n
+        return out
+
+    return {
+        "n_images": manifest.height,
+        "n_per_split": dict(manifest.group_by("split").len().sort("split").iter_rows()),
+        "n_sites_per_split": dict(manifest.group_by("split").agg(pl.col("site").n_unique()).sort("split").iter_rows()),
+        "classes": class_names(manifest),
+        "per_split": nested("split"),
+        "per_site": nested("site"),
+    }
