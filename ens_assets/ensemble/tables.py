@@ -98,7 +98,7 @@ def _probabilities(name: str, table: pl.DataFrame, classes: list[str]) -> np.nda
 
 def _labels(name: str, table: pl.DataFrame, classes: list[str]) -> np.ndarray:
     column = table["label"]
-    if column.dtype == pl.String or column.dtype == pl.Categorical:
+    if column.dtype in (pl.String, pl.Categorical) or isinstance(column.dtype, pl.Enum):
         index = {c: i for i, c in enumerate(classes)}
         values = column.cast(pl.String).to_list()
         unknown = [(i, v) for i, v in enumerate(values) if v not in index]
@@ -153,6 +153,12 @@ def stack_members(tables: dict[str, pl.DataFrame], classes: list[str]) -> Member
         aligned = order.join(table.with_columns(pl.col("image_id").cast(pl.String)), on="image_id", how="left")
         probs.append(_probabilities(name, aligned, classes))
         labels = _labels(name, aligned, classes)
+        missing_fold = aligned.filter(pl.col("fold").is_null())["image_id"]
+        if len(missing_fold):
+            raise PredictionTableError(
+                f"member '{name}': image_id '{missing_fold[0]}' has no fold ({len(missing_fold)} such rows); "
+                "OOF rows must say which fold held them out"
+            )
         member_folds = aligned["fold"].cast(pl.Int64).to_numpy()
         if y is None:
             y, folds, first = labels, member_folds, name
