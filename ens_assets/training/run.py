@@ -88,7 +88,7 @@ def _member_and_fold(plan: Plan, member_key: str, fold: int | str) -> tuple[Memb
         if member.stage == "smoke" and fold_key in plan.fold_keys:
             raise PlanError(
                 f"{member_key} is at stage 'smoke', which trains only partition '{SMOKE_FOLD}' (fold 0's split at the "
-                f"smoke budget). To train fold {fold_key}, promote it to stage: cv in params.yaml once its smoke run passed"
+                f"smoke budget). To train fold {fold_key}, once its smoke run passed, promote it to stage: cv in params.yaml"
             )
         raise PlanError(f"{member_key}: fold '{fold_key}' is not a checkpoint partition of this member; use one of {allowed}")
     return member, fold_key

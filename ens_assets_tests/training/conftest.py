@@ -95,16 +95,36 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained_plan(tmp_path_factory) -> tuple[Plan, str]:
-    """A plan whose cv member has all its folds trained once (shared by the read-only tests)."""
-    base = tmp_path_factory.mktemp("trained")
-    uri = f"sqlite:///{base / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    plan = make_tiny_plan(base)
+def trained_project(tiny_data, tmp_path_factory):
+    """A private copy of the tiny demo whose cv member has every fold trained once (read-only for tests)."""
     from ens_assets.training.run import train_member_fold
 
+    base = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    plan = copy_tiny_project(tiny_data, base)
     member = plan.members[0].key
     results = [train_member_fold(plan, member, fold, log=lambda _: None) for fold in plan.fold_keys]
     yield plan, uri, results
-    mp.undo()
+    patch.undo()
+
+
+def copy_tiny_project(tiny_data: dict, base_dir: Path, **training_overrides) -> Plan:
+    """A private copy of the shared tiny demo's crops and folds under base_dir, with the same plan.
+
+    Training tests write checkpoints and edit the plan, so they never touch the shared session project.
+    """
+    import shutil
+
+    from ens_assets_tests.conftest import TINY_PARAMS
+
+    source: Plan = tiny_data["plan"]
+    raw = {k: v for k, v in TINY_PARAMS.items() if k != "data"}
+    raw["training"] = {**raw["training"], **training_overrides}
+    raw["tracking"] = {"experiment": "ens-assets-tests", "default_store": "mlruns.db"}
+    plan = plan_from_dict(raw, base_dir)
+    for key in source.threshold_keys:
+        shutil.copytree(source.crops_dir(key), plan.crops_dir(key))
+    shutil.copy2(source.folds_path, plan.folds_path)
+    return plan
