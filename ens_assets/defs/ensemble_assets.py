@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from ens_assets.atomic import write_json
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.plan import Plan
@@ -35,8 +36,10 @@ def build_ensemble_assets(
             submission_format="conservision",
         )
         tracking_uri = mlflow_tracking.activate(plan)
-        member_runs = {m: info["mlflow_run_ids"] for m, info in outputs.info.items()}
+        member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        # The diagnostics asset logs its plots into this same run.
+        write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
                 "method": plan.ensemble.method,
@@ -44,7 +47,7 @@ def build_ensemble_assets(
                 "excluded_members": dg.MetadataValue.json(outputs.excluded),
                 "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
                 "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
-                "pareto": dg.MetadataValue.md(png_markdown(result.pareto_png, "accuracy vs compute")),
+                "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "mlflow_run_id": run_id,
                 **table_metadata(_headline(result.scores)),
@@ -52,7 +55,9 @@ def build_ensemble_assets(
         )
 
     @dg.asset(group_name="ensemble", deps=[ensemble], kinds={"matplotlib"})
-    def ensemble_diagnostics(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
+    def ensemble_diagnostics(
+        context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
+    ) -> dg.MaterializeResult:
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
         import json
 
@@ -64,15 +69,23 @@ def build_ensemble_assets(
         outputs = collect_member_outputs(plan)
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
         diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
+        mlflow_tracking.activate(plan)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=run["tracking_uri"])
+        for path in diagnostics.paths.values():
+            client.log_artifact(run["run_id"], str(path), artifact_path="diagnostics")
         return dg.MaterializeResult(
             metadata={
                 "roadmap": dg.MetadataValue.md(diagnostics.roadmap),
                 "per_class_recall": dg.MetadataValue.md(frame_markdown(diagnostics.recall)),
-                "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.recall_png, "per-class recall")),
-                "confusions": dg.MetadataValue.md(png_markdown(diagnostics.confusion_png, "confusion matrices")),
+                "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.pngs["recall_matrix"], "per-class recall")),
+                "confusions": dg.MetadataValue.md(png_markdown(diagnostics.pngs["confusion_grid"], "confusion matrices")),
                 "all_fail_classes": dg.MetadataValue.json(diagnostics.all_fail),
                 "single_win_classes": dg.MetadataValue.json(diagnostics.single_win),
                 "drop_candidates": dg.MetadataValue.json(diagnostics.never_selected),
+                "mlflow_run_id": run["run_id"],
             }
         )
 
