@@ -1,0 +1,107 @@
+"""Crop cache speed on the default-size demo (600 images, 192x144, crops 64x64).
+
+Run: .venv/bin/python -m bench.bench_crops [--repeats 3 --train-per-class 60]
+Prints, measured in the same run:
+- crop cache build with all cores vs one core (goal: >= 1.8x on 2 cores);
+- one training epoch read from the cache (memmap -> float tensor batches) vs decoding the same crops
+  from JPEG files on disk every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ens_assets.data.crops import build_crop_cache, open_crop_cache
+from ens_assets.data.demo import generate_demo
+from ens_assets.data.detections import load_detections
+from ens_assets.data.ingest import ingest_conservision
+from ens_assets.plan import CropConfig, DemoConfig
+
+BATCH = 64
+
+
+def _best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _epoch_from_cache(images: np.ndarray, order: np.ndarray) -> float:
+    total = 0.0
+    for start in range(0, len(order), BATCH):
+        rows = np.sort(order[start : start + BATCH])
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).float().div_(255)
+        total += float(batch[:, 0, 0, 0].sum())
+    return total
+
+
+def _epoch_from_jpegs(paths: list[Path], order: np.ndarray) -> float:
+    total = 0.0
+    for start in range(0, len(order), BATCH):
+        arrays = []
+        for i in order[start : start + BATCH]:
+            with Image.open(paths[i]) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+        total += float(batch[:, 0, 0, 0].sum())
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-per-class", type=int, default=DemoConfig().train_images_per_class)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes of the parallel build")
+    args = parser.parse_args(argv or [])
+
+    cores = args.workers
+    cfg = CropConfig()
+    with tempfile.TemporaryDirectory(prefix="bench_crops-") as tmp:
+        tmp = Path(tmp)
+        demo_cfg = DemoConfig(train_images_per_class=args.train_per_class)
+        start = time.perf_counter()
+        generate_demo(tmp / "demo", demo_cfg)
+        print(f"demo generation ({8 * (demo_cfg.train_images_per_class + demo_cfg.test_images_per_class)} images, "
+              f"{demo_cfg.frame_width}x{demo_cfg.frame_height}): {time.perf_counter() - start:.2f}s")
+        manifest = ingest_conservision(tmp / "demo")
+        detections = load_detections(tmp / "demo" / "megadetector.json", manifest)
+
+        def build(workers: int) -> None:
+            build_crop_cache(manifest, detections, 0.05, cfg, tmp / f"crops{workers}", workers=workers)
+
+        build(cores)  # warm the page cache so neither side pays for first reads
+        one = _best_of(args.repeats, lambda: build(1))
+        many = _best_of(args.repeats, lambda: build(cores))
+        n = manifest.height
+        print(f"(load average before the build: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(f"crop cache build, {n} images -> {cfg.image_size}px crops: 1 core {one:.2f}s ({n / one:.0f} img/s), "
+              f"{cores} cores {many:.2f}s ({n / many:.0f} img/s): {one / many:.2f}x (goal >= 1.8x on 2 cores)")
+
+        cache = open_crop_cache(tmp / f"crops{cores}")
+        jpeg_dir = tmp / "jpeg_crops"
+        jpeg_dir.mkdir()
+        paths = []
+        for row in range(cache.images.shape[0]):
+            path = jpeg_dir / f"{row:06d}.jpg"
+            Image.fromarray(np.asarray(cache.images[row])).save(path, quality=90)
+            paths.append(path)
+        order = np.random.default_rng(0).permutation(len(paths))
+        jpeg_s = _best_of(args.repeats, lambda: _epoch_from_jpegs(paths, order))
+        cache_s = _best_of(args.repeats, lambda: _epoch_from_cache(cache.images, order))
+        print(f"one epoch of {len(paths)} crops in batches of {BATCH} -> float tensors: decode JPEGs {jpeg_s * 1000:.1f}ms, "
+              f"memmap cache {cache_s * 1000:.1f}ms: {jpeg_s / cache_s:.1f}x faster from the cache")
+
+
+if __name__ == "__main__":
+    main()
