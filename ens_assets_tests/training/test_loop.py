@@ -15,7 +15,7 @@ from ens_assets.training.predict import per_image_mean
 MIXUP = Recipe(mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.8, color_jitter=0.3)
 
 
-def _data(n=120, size=32, seed=0):
+def _data(n=80, size=32, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, n)
     x = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
@@ -31,16 +31,16 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     x, y = _data()
     kwargs = dict(recipe=MIXUP, config=TrainingConfig(batch_size=16, lr=0.01, ema=True, ema_decay=0.9),
                   budget=Budget(epochs=3, patience=5), seed=7)  # fmt: skip
-    straight = train_member_model("test_resnet", 4, x[:90], y[:90], x[90:], y[90:], out_dir=tmp_path / "a", log=lambda _: None, **kwargs)
+    straight = train_member_model("test_resnet", 4, x[:60], y[:60], x[60:], y[60:], out_dir=tmp_path / "a", log=lambda _: None, **kwargs)
 
     def crash_in_second_epoch(message):
         if message.startswith("epoch 2/"):
             raise _Crash  # after epoch 2 trained but before its recovery checkpoint: resume from epoch 1
 
     with pytest.raises(_Crash):
-        train_member_model("test_resnet", 4, x[:90], y[:90], x[90:], y[90:], out_dir=tmp_path / "b", log=crash_in_second_epoch, **kwargs)
+        train_member_model("test_resnet", 4, x[:60], y[:60], x[60:], y[60:], out_dir=tmp_path / "b", log=crash_in_second_epoch, **kwargs)
     assert load_recovery(tmp_path / "b")["next_epoch"] == 1
-    resumed = train_member_model("test_resnet", 4, x[:90], y[:90], x[90:], y[90:], out_dir=tmp_path / "b", log=lambda _: None, **kwargs)
+    resumed = train_member_model("test_resnet", 4, x[:60], y[:60], x[60:], y[60:], out_dir=tmp_path / "b", log=lambda _: None, **kwargs)
 
     assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch == 0
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
