@@ -10,14 +10,17 @@ is scored:
 Both are averaged over seeds ("expected" norms). Per-example gradients use torch.func
 (functional_call + vmap(grad)) instead of one backward pass per example.
 
-GraNd scope: "full" differentiates through every parameter; "last_layer" only through the final
-classifier (the "last layer" approximation: the classifier gradient is (p - y) x [features, 1], so it
-ranks examples like the full norm at a fraction of the cost). "auto" picks full for models up to
+GraNd scope: "full" differentiates through every parameter (exact); "last_layer" only through the
+final classifier (the "last layer" approximation: that gradient is (p - y) x [features, 1], i.e. EL2N
+weighted by the feature norm). The approximation costs a fraction of the full one and still puts
+mislabelled examples on top (tested), but its ranking of the remaining examples can differ from the
+full norm (bench.bench_subset_grand prints the rank correlation). "auto" picks full for models up to
 FULL_GRAD_MAX_PARAMS parameters and last_layer above.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Literal
 
@@ -76,7 +79,7 @@ def difficulty_scores(
         raise ValueError("seeds: give at least one seed; scores are averaged over the seeds' models")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat; repeated seeds train identical models")
-    train = train_fn or cross_entropy_train_fn
+    train = train_fn or functools.partial(cross_entropy_train_fn, batch_size=batch_size)
     columns: dict[str, np.ndarray] = {"index": np.arange(len(images), dtype=np.int64)}
     for seed in seeds:
         model = create_seeded_model(backbone, num_classes, seed, device)
