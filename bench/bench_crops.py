@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv or [])
 
     cores = args.workers
+    torch.set_num_threads(1)  # the epoch comparison is about I/O + decode; torch's thread spin-waits only add noise
     cfg = CropConfig()
     with tempfile.TemporaryDirectory(prefix="bench_crops-") as tmp:
         tmp = Path(tmp)
