@@ -1,0 +1,134 @@
+"""A throwaway git + DVC repository holding this repo's pipeline (dvc.yaml, code) and a tiny plan.
+
+Used by test_dvc.py and bench/bench_dvc.py. The real `dvc` binary lives in its own virtualenv
+(.venv-dvc, see the Makefile); the sandbox links the project's .venv so the stages' commands run as
+they do in the repo, and copies ens_assets/ so the code deps of dvc.yaml hash as real files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DVC_ENV = "ENS_ASSETS_DVC"
+
+MEMBER_A = "test_resnet.t005.geo"
+MEMBER_B = "test_resnet.t020.geo"
+
+# Small enough that the whole pipeline (6 checkpoints of 1 epoch) runs in well under a minute on 2 cores.
+TINY_PARAMS: dict[str, Any] = {
+    "data": {
+        "layout": "demo",
+        "root": "data/demo",
+        "detections": "data/demo/megadetector.json",
+        "demo": {
+            "seed": 0,
+            "train_images_per_class": 8,
+            "test_images_per_class": 2,
+            "train_sites": 6,
+            "test_sites": 2,
+            "frame_width": 96,
+            "frame_height": 72,
+        },
+    },
+    "crops": {"thresholds": [0.05, 0.2], "image_size": 32, "workers": 1},
+    "folds": {"k": 2, "seed": 0},
+    "recipes": {"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}},
+    "training": {
+        "batch_size": 16,
+        "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 1},
+        "cv": {"epochs": 1, "time_budget_s": 60, "patience": 1},
+    },
+    "members": [
+        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
+        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv"},
+    ],
+    # One epoch on 64 images proves nothing about learning; let the smoke gate pass so cv folds train.
+    "promotion": {
+        "min_accuracy_over_chance": 1.0,
+        "require_every_class_predicted": False,
+        "require_loss_decrease": False,
+    },
+    "ensemble": {"method": "mean"},
+    "tracking": {"experiment": "dvc-sandbox"},
+    "workdir": "data/work",
+}
+
+
+def dvc_binary() -> Path | None:
+    """The dvc executable: $ENS_ASSETS_DVC (exported by the Makefile), else <repo>/.venv-dvc/bin/dvc."""
+    candidate = Path(os.environ.get(DVC_ENV) or REPO / ".venv-dvc" / "bin" / "dvc")
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+class DvcSandbox:
+    """A git repository in `root` with dvc.yaml, .dvcignore, ens_assets/, a tiny params.yaml and DVC initialised."""
+
+    def __init__(self, root: Path, dvc: Path, params: dict[str, Any] | None = None):
+        self.root = Path(root)
+        self.dvc = Path(dvc)
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.root / "dagster_home"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{self.root / 'mlruns.db'}",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            "GIT_AUTHOR_NAME": "sandbox", "GIT_AUTHOR_EMAIL": "sandbox@localhost",
+            "GIT_COMMITTER_NAME": "sandbox", "GIT_COMMITTER_EMAIL": "sandbox@localhost",
+        }  # fmt: skip
+        self.env.pop("ENS_ASSETS_PARAMS", None)  # the stages must read the sandbox's params.yaml
+        self._build(params or TINY_PARAMS)
+
+    def _build(self, params: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / "dvc.yaml", self.root / "dvc.yaml")
+        shutil.copy2(REPO / ".dvcignore", self.root / ".dvcignore")
+        # The repo's ignores, plus the .venv link (a link is not matched by `.venv/`) and DVC's site cache.
+        gitignore = (REPO / ".gitignore").read_text() + "/.venv\n/.dvc-site-cache/\n"
+        (self.root / ".gitignore").write_text(gitignore)
+        shutil.copytree(REPO / "ens_assets", self.root / "ens_assets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (self.root / "dagster_home").mkdir()
+        shutil.copy2(REPO / "dagster_home" / "dagster.yaml", self.root / "dagster_home" / "dagster.yaml")
+        (self.root / ".venv").symlink_to(REPO / ".venv", target_is_directory=True)
+        self.write_params(params)
+        self.git("init", "-q")
+        self.run_dvc("init", "-q")
+        self.run_dvc("config", "core.analytics", "false")
+        # DVC's per-repo site cache (locks, index) defaults to /var/tmp/dvc; keep it inside the sandbox.
+        self.run_dvc("config", "--local", "core.site_cache_dir", str(self.root / ".dvc-site-cache"))
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", "sandbox")
+
+    def write_params(self, params: dict[str, Any]) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def read_params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def git(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=self.root, env=self.env, check=True, capture_output=True, text=True)
+
+    def run_dvc(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """Run dvc in the sandbox; on failure raise with its full output (the stage's own error is in it)."""
+        done = subprocess.run(
+            [str(self.dvc), *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"`dvc {' '.join(args)}` exited {done.returncode} in {self.root}\n"
+                f"--- stdout ---\n{done.stdout[-6000:]}\n--- stderr ---\n{done.stderr[-6000:]}"
+            )
+        return done
+
+    def checkpoint_files(self, member: str) -> dict[Path, int]:
+        """mtime (ns) of every checkpoint.json and model.safetensors of one member, all partitions."""
+        member_dir = self.root / "data" / "work" / "checkpoints" / member
+        found = {p: p.stat().st_mtime_ns for p in sorted(member_dir.glob("*/checkpoint.json"))}
+        found.update({p: p.stat().st_mtime_ns for p in sorted(member_dir.glob("*/model.safetensors"))})
+        return found
