@@ -89,13 +89,15 @@ def train_subset_ensemble(
     train_fn: TrainFn | None = None,
     scores: pl.DataFrame | np.ndarray | None = None,
     *,
+    initial_model: torch.nn.Module | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one subset-ensemble model; returns (merged model in eval mode, JSON-ready report).
 
     `scores`: difficulty scores of the training images (the frame `difficulty_scores` returns, or a
     1-D array in image order); computed here when None. `train_fn` defaults to the plain
-    cross-entropy trainer with cfg.batch_size.
+    cross-entropy trainer with cfg.batch_size. `initial_model` (e.g. pretrained weights; left
+    untouched) is the first base's starting point; default: a random init seeded with `seed`.
     """
     started = time.perf_counter()
     images = as_image_tensor(train_images, "train_images")
@@ -121,7 +123,13 @@ def train_subset_ensemble(
     def val_loss(model: torch.nn.Module) -> float:
         return mean_log_loss(model, held_images, held_labels, cfg.batch_size)
 
-    model = create_seeded_model(backbone, num_classes, seed, device)
+    if initial_model is None:
+        model = create_seeded_model(backbone, num_classes, seed, device)
+    else:
+        if getattr(initial_model, "num_classes", num_classes) != num_classes:
+            raise ValueError(f"initial_model has {initial_model.num_classes} outputs but num_classes={num_classes}; "
+                             "create it with the member's class count")
+        model = copy.deepcopy(initial_model).to(device)
     scratch = copy.deepcopy(model)  # evaluates candidate soups without touching the base
 
     def val_loss_of_state(state) -> float:

@@ -8,6 +8,7 @@ from ens_assets.subsets.in_memory_training import create_seeded_model, cross_ent
 from ens_assets_tests.subsets.conftest import BACKBONE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_scope", ["last_layer", "full"])
 def test_flipped_labels_score_harder_than_clean(separable_with_flips, grad_scope):
     images, labels, flipped = separable_with_flips
@@ -29,6 +30,7 @@ def test_flipped_labels_score_harder_than_clean(separable_with_flips, grad_scope
                                (scores["el2n_seed0"].to_numpy() + scores["el2n_seed1"].to_numpy()) / 2)
 
 
+@pytest.mark.slow
 def test_last_layer_grand_matches_closed_form(separable_with_flips):
     # For logits = W f + b, d CE / dW = (p - y) f^T and d CE / db = p - y, so the per-example norm is
     # ||p - y|| * sqrt(||f||^2 + 1) -- an independent check of the vmap(grad) path and of EL2N.
@@ -56,6 +58,7 @@ def test_bad_inputs_get_clear_errors(separable_with_flips):
         difficulty_scores("no_such_backbone", 3, images, labels)
 
 
+@pytest.mark.slow
 def test_score_distribution_png_is_a_png(separable_with_flips):
     images, labels, _ = separable_with_flips
     scores = difficulty_scores(BACKBONE, 3, images[:24], labels[:24], seeds=(0,), epochs=1)

@@ -20,6 +20,7 @@ def trained_base(train_val):
     return cross_entropy_train_fn(create_seeded_model(BACKBONE, 3, seed=0), images, labels, epochs=2, seed=0)
 
 
+@pytest.mark.slow
 def test_averaging_identical_copies_returns_the_same_model(trained_base, train_val):
     _, _, val_images, _ = train_val
     state = trained_base.state_dict()
@@ -74,6 +75,7 @@ def test_greedy_soup_never_accepts_a_copy_that_raises_heldout_loss():
     torch.testing.assert_close(soup["w"], target)
 
 
+@pytest.mark.slow
 def test_greedy_soup_on_real_copies_rejects_a_bad_copy(trained_base, train_val):
     images, labels, val_images, val_labels = train_val
     copies = []

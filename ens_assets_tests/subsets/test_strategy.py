@@ -7,8 +7,10 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_model
 
+from ens_assets.plan import Recipe, TrainingConfig
 from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import create_seeded_model, mean_log_loss, predict_logits
+from ens_assets.subsets.standard_loop import standard_loop_train_fn
 from ens_assets.subsets.strategy import (
     SubsetEnsembleConfig,
     aligned_scores,
@@ -19,6 +21,7 @@ from ens_assets.subsets.strategy import (
 from ens_assets_tests.subsets.conftest import BACKBONE
 
 
+@pytest.mark.slow
 def test_subset_ensemble_runs_end_to_end_with_greedy_soup(train_val, tmp_path):
     train_images, train_labels, val_images, val_labels = train_val
     cfg = SubsetEnsembleConfig(fraction=0.3, copies=3, phases=1, total_epochs=6, merge="greedy", batch_size=32)
@@ -43,6 +46,7 @@ def test_subset_ensemble_runs_end_to_end_with_greedy_soup(train_val, tmp_path):
     assert not [p for p in (tmp_path / "member").iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
+@pytest.mark.slow
 def test_multi_phase_uniform_merge_with_given_scores_learns(train_val):
     train_images, train_labels, val_images, val_labels = train_val
     scores = difficulty_scores(BACKBONE, 3, train_images, train_labels, seeds=(0,), epochs=1, batch_size=32)
@@ -89,3 +93,22 @@ def test_scores_must_cover_exactly_the_training_images(train_val):
     with pytest.raises(ValueError, match="val_images is empty"):
         train_subset_ensemble(BACKBONE, 3, train_images, train_labels, val_images[:0], val_labels[:0],
                               SubsetEnsembleConfig(total_epochs=6), seed=0, scores=np.ones(60))
+
+
+@pytest.mark.slow
+def test_standard_loop_trains_base_and_copies_from_an_initial_model(train_val):
+    train_images, train_labels, val_images, val_labels = train_val
+    train_fn = standard_loop_train_fn(3, val_images, val_labels, recipe=Recipe(),
+                                      config=TrainingConfig(batch_size=32, warmup_epochs=0), device=torch.device("cpu"))
+    start = create_seeded_model(BACKBONE, 3, seed=7)
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    cfg = SubsetEnsembleConfig(fraction=0.5, copies=2, total_epochs=4, merge="greedy", batch_size=32)
+    model, report = train_subset_ensemble(BACKBONE, 3, train_images, train_labels, val_images, val_labels, cfg,
+                                          seed=0, train_fn=train_fn, scores=np.arange(60.0), initial_model=start)
+    assert all(torch.equal(v, start_state[k]) for k, v in start.state_dict().items())  # caller's model untouched
+    (phase,) = report["phases"]
+    assert (phase["base_epochs"], phase["copy_epochs"]) == (2, 1)
+    assert report["final_val_loss"] <= min(phase["copy_val_losses"]) + 1e-6
+    with pytest.raises(ValueError, match="initial_model has 4 outputs"):
+        train_subset_ensemble(BACKBONE, 3, train_images, train_labels, val_images, val_labels, cfg, seed=0,
+                              scores=np.arange(60.0), initial_model=create_seeded_model(BACKBONE, 4, seed=0))

@@ -1,0 +1,35 @@
+"""Adapter: the project's standard epoch loop (`ens_assets.training.loop.fit`) as a subset `TrainFn`.
+
+With it, base and copies train with the member's augmentation recipe, optimizer, scheduler, EMA and
+mixed precision instead of the plain default trainer. `fit` keeps the lowest-validation-loss epoch's
+weights; the copy continues from those, which still descend from the shared base, so averaging holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ens_assets.plan import Budget, Recipe, TrainingConfig
+from ens_assets.subsets.in_memory_training import TrainFn
+
+
+def standard_loop_train_fn(
+    num_classes: int, val_images: np.ndarray, val_labels: np.ndarray, *, recipe: Recipe, config: TrainingConfig,
+    time_budget_s: float = 600.0, device: torch.device | None = None, log: Callable[[str], Any] = lambda _: None,
+) -> TrainFn:
+    """A TrainFn running `fit` for exactly `epochs` epochs (no early stopping) per call, no recovery files."""
+    from ens_assets.training.loop import fit  # deferred: pulls in the whole training stack
+
+    def train(model: torch.nn.Module, images_u8, labels, epochs: int, seed: int) -> torch.nn.Module:
+        images = images_u8.numpy() if isinstance(images_u8, torch.Tensor) else np.asarray(images_u8)
+        targets = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        budget = Budget(epochs=epochs, time_budget_s=time_budget_s, patience=epochs)
+        outcome = fit(model, images, targets, val_images, val_labels, num_classes=num_classes, recipe=recipe,
+                      config=config, budget=budget, seed=seed, out_dir=None, device=device, log=log)
+        model.load_state_dict(outcome.best_state)
+        return model.eval()
+
+    return train
