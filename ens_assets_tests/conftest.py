@@ -1,6 +1,10 @@
 """Session-wide test settings: never reach a model hub, keep every store inside tmp dirs."""
 
 import os
+from pathlib import Path
+
+import pytest
+import yaml
 
 # Tests must never hit a hub: timm/huggingface downloads fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,11 +14,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 # --- shared tiny project: demo data -> manifest -> detections -> crops -> folds ------------------
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
 TINY_PARAMS = {
     "data": {
         "layout": "demo",
