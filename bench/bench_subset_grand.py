@@ -53,6 +53,8 @@ def _timed(fn, repeats: int = 2):
 
 
 def main() -> None:
+    # One thread: on the shared 2-core box two spinning OpenMP threads make timings swing several-fold.
+    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     for backbone, size, n in CASES:
         images, labels = _colour_classes(rng, n, size)
