@@ -70,7 +70,7 @@ def dvc_binary() -> Path | None:
 class DvcSandbox:
     """A git repository in `root` with dvc.yaml, .dvcignore, ens_assets/, a tiny params.yaml and DVC initialised."""
 
-    def __init__(self, root: Path, dvc: Path, params: dict[str, Any] | None = None):
+    def __init__(self, root: Path, dvc: Path, params: dict[str, Any] | None = None, *, build: bool = True):
         self.root = Path(root)
         self.dvc = Path(dvc)
         self.env = {
@@ -83,7 +83,15 @@ class DvcSandbox:
             "GIT_COMMITTER_NAME": "sandbox", "GIT_COMMITTER_EMAIL": "sandbox@localhost",
         }  # fmt: skip
         self.env.pop("ENS_ASSETS_PARAMS", None)  # the stages must read the sandbox's params.yaml
-        self._build(params or TINY_PARAMS)
+        if build:
+            self._build(params or TINY_PARAMS)
+
+    @classmethod
+    def reuse(cls, root: Path, dvc: Path) -> "DvcSandbox":
+        """A sandbox built earlier (e.g. by the bench), used as it is."""
+        if not (Path(root) / "dvc.yaml").is_file():
+            raise FileNotFoundError(f"{root}: no sandbox here (no dvc.yaml); build one with DvcSandbox(root, dvc)")
+        return cls(root, dvc, build=False)
 
     def _build(self, params: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
