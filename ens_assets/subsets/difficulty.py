@@ -8,7 +8,8 @@ is scored:
 - GraNd = || d loss / d theta ||_2, the per-example gradient norm of the cross-entropy loss.
 
 Both are averaged over seeds ("expected" norms). Per-example gradients use torch.func
-(functional_call + vmap(grad)) instead of one backward pass per example.
+(functional_call + vmap(grad)) instead of one backward pass per example (measured on one CPU thread:
+0.9-1.5x the loop for full scope on tiny models; the last-layer scope is 14-18x faster).
 
 GraNd scope: "full" differentiates through every parameter (exact); "last_layer" only through the
 final classifier (the "last layer" approximation: that gradient is (p - y) x [features, 1], i.e. EL2N
