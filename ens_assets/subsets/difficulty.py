@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from ens_assets.subsets.config import GradScope
 from ens_assets.subsets.in_memory_training import (
     TrainFn,
     as_image_tensor,
@@ -41,7 +42,6 @@ from ens_assets.subsets.in_memory_training import (
     to_model_input,
 )
 
-GradScope = Literal["auto", "last_layer", "full"]
 SCORE_COLUMNS = ("el2n", "grand")
 # Above this many parameters full per-example gradients cost too much memory/time; use the last layer.
 FULL_GRAD_MAX_PARAMS = 1_000_000
