@@ -1,4 +1,3 @@
-import csv
 import json
 
 import polars as pl
