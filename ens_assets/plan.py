@@ -161,7 +161,7 @@ class EnsembleConfig(_Strict):
 class PromotionConfig(_Strict):
     """What a smoke checkpoint must show before its member may spend time on k-fold runs."""
 
-    min_accuracy_over_chance: float = Field(1.5, ge=1.0)  # val accuracy >= this x (1 / n_classes)
+    min_accuracy_over_chance: float = Field(1.5, ge=0.0)  # val accuracy >= this x (1 / n_classes); 0 = off
     require_every_class_predicted: bool = True
     require_loss_decrease: bool = True
 

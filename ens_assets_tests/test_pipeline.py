@@ -1,0 +1,198 @@
+"""The whole plan through Dagster on a real SQLite-backed instance: data -> crops -> smoke -> k folds ->
+predictions -> ensemble -> diagnostics, then the nightly and morning schedules against that instance."""
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+import dagster as dg
+
+from ens_assets.cli import STAGES, StageRunner
+from ens_assets.defs.partitions import checkpoint_key
+from ens_assets.defs.schedules import nightly_requests
+from ens_assets.definitions import build_definitions
+from ens_assets.plan import load_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_A = "test_resnet.t005.geo"
+GOOD_B = "test_resnet.t020.mixup"
+DIVERGES = "test_resnet.t020.geo"
+
+PARAMS = {
+    "data": {
+        "layout": "demo",
+        "root": "demo",
+        "detections": "demo/megadetector.json",
+        "demo": {
+            "seed": 3,
+            "train_images_per_class": 12,
+            "test_images_per_class": 3,
+            "train_sites": 6,
+            "test_sites": 2,
+            "frame_width": 96,
+            "frame_height": 72,
+        },
+    },
+    "crops": {"thresholds": [0.05, 0.2], "image_size": 32},
+    "folds": {"k": 2, "seed": 0},
+    "recipes": {"geo": {}, "mixup": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}},
+    "training": {
+        "batch_size": 16,
+        "lr": 0.003,
+        "smoke": {"epochs": 3, "time_budget_s": 60, "patience": 3},
+        "cv": {"epochs": 3, "time_budget_s": 60, "patience": 3},
+    },
+    "members": [
+        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
+        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "cv"},
+        # An absurd learning rate: the loss blows up, the smoke gate fails, and k-fold never runs.
+        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv", "overrides": {"lr": 1.0e6}},
+    ],
+    # Tiny data and three epochs: the gate asks only for a finite, decreasing loss here.
+    "promotion": {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
+    "ensemble": {"method": "greedy", "greedy_rounds": 10},
+    "workdir": "work",
+}
+
+
+def write_params(folder: Path, params: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("project")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch_module.setenv("DAGSTER_HOME", str(home))
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def materialized(project):
+    params = write_params(project, PARAMS)
+    lines: list[str] = []
+    runner = StageRunner(params, out=lines.append)
+    code = runner.run(STAGES)
+    print("\n".join(lines))
+    return runner, lines, code
+
+
+def test_every_stage_materializes_through_dagster(materialized):
+    runner, lines, code = materialized
+    plan = runner.plan
+    assert code == 0, "\n".join(lines)
+    assert runner.instance.is_persistent, "pools only work on an instance with storage"
+    assert plan.manifest_path.is_file() and plan.folds_path.is_file()
+    for key in plan.threshold_keys:
+        assert (plan.crops_dir(key) / "index.parquet").is_file()
+    for member in (GOOD_A, GOOD_B):
+        for fold in ("smoke", "0", "1"):
+            assert (plan.checkpoint_dir(member, fold) / "model.safetensors").is_file(), (member, fold)
+        oof = pl.read_parquet(plan.oof_path(member))
+        assert oof["image_id"].n_unique() == oof.height
+        assert set(oof["fold"].unique().to_list()) == {0, 1}
+    spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
+    assert set(spec["members"]) <= {GOOD_A, GOOD_B}
+    assert (plan.ensemble_dir / "submission.csv").is_file()
+    assert (plan.diagnostics_dir / "roadmap.md").read_text().strip()
+
+    materialized_keys = runner.instance.get_materialized_partitions(dg.AssetKey("checkpoints"))
+    assert str(checkpoint_key(GOOD_A, "1")) in materialized_keys
+    assert str(checkpoint_key(DIVERGES, "0")) not in materialized_keys
+
+
+def test_failed_smoke_member_never_reaches_k_fold(materialized):
+    runner, lines, _ = materialized
+    plan = runner.plan
+    verdict = json.loads((plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]
+    assert verdict["passed"] is False and verdict["reasons"]
+    assert not plan.checkpoint_dir(DIVERGES, "0").exists()
+    assert any(DIVERGES in line and "[skip]" in line for line in lines)
+
+    # Asking Dagster for it anyway fails with the reason, and the smoke_gate check recorded the failure.
+    result = runner.defs.resolve_job_def("checkpoints_job").execute_in_process(
+        instance=runner.instance, partition_key=checkpoint_key(DIVERGES, "0"), raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "failed its smoke gate" in failure.step_failure_data.user_failure_data.description
+
+    check_key = dg.AssetCheckKey(dg.AssetKey("checkpoints"), "smoke_gate")
+    records = runner.instance.event_log_storage.get_asset_check_execution_history(check_key, limit=50)
+    assert records, "smoke_gate never ran"
+
+
+def test_rerun_skips_fresh_checkpoints(materialized):
+    runner, _, _ = materialized
+    plan = runner.plan
+    before = {p: p.stat().st_mtime_ns for p in plan.work.glob("checkpoints/*/*/model.safetensors")}
+    lines: list[str] = []
+    again = StageRunner(runner.params, out=lines.append)
+    again.train()
+    assert not again.failures
+    after = {p: p.stat().st_mtime_ns for p in plan.work.glob("checkpoints/*/*/model.safetensors")}
+    assert before == after
+
+
+def _schedule(defs: dg.Definitions, name: str):
+    return next(s for s in defs.schedules if s.name == name)
+
+
+def test_nightly_schedule_requests_only_stale_partitions(materialized, project):
+    runner, _, _ = materialized
+    instance = runner.instance
+
+    nightly = _schedule(runner.defs, "nightly_training")
+    with dg.build_schedule_context(instance=instance, resources={"plan_resource": runner.defs.resources["plan_resource"]}) as ctx:
+        result = nightly.evaluate_tick(ctx)
+    assert not result.run_requests, "everything is fresh after the full run"
+
+    # Change one member's entry: only its partitions become stale; the failed member stays out of k-fold.
+    changed = json.loads(json.dumps(PARAMS))
+    changed["members"][0]["overrides"] = {"lr": 0.002}
+    params = write_params(project, changed)
+    plan = load_plan(params)
+    requests = nightly_requests(plan, in_flight=set())
+    keys = [r.partition_key for r in requests]
+    assert keys == [str(checkpoint_key(GOOD_A, f)) for f in ("smoke", "0", "1")]
+
+    # A partition already running is never requested twice.
+    running = str(checkpoint_key(GOOD_A, "0"))
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="checkpoints_job",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": running},
+        )
+    )
+    defs = build_definitions(params)
+    with dg.build_schedule_context(instance=instance, resources={"plan_resource": defs.resources["plan_resource"]}) as ctx:
+        result = _schedule(defs, "nightly_training").evaluate_tick(ctx)
+    assert [r.partition_key for r in result.run_requests] == [str(checkpoint_key(GOOD_A, f)) for f in ("smoke", "1")]
+    write_params(project, PARAMS)
+
+
+def test_morning_schedule_refreshes_members_with_complete_checkpoints(materialized):
+    runner, _, _ = materialized
+    morning = _schedule(runner.defs, "morning_predictions")
+    with dg.build_schedule_context(instance=runner.instance, resources={"plan_resource": runner.defs.resources["plan_resource"]}) as ctx:
+        result = morning.evaluate_tick(ctx)
+    assert sorted(r.partition_key for r in result.run_requests) == sorted([GOOD_A, GOOD_B])
