@@ -68,6 +68,12 @@ def test_gpu_steps_of_one_multiprocess_run_never_overlap(dagster_home: Path) -> 
 
 @pytest.mark.slow
 def test_gpu_steps_of_two_runs_submitted_together_never_overlap(dagster_home: Path) -> None:
+    # Create the storage and set the pool's limit explicitly first (what `dagster instance concurrency set gpu 1`
+    # does once per deployment). Left to default_limit, the pool row is created lazily by whichever run claims
+    # first; with two runs starting together that once let two gpu steps overlap here, and two processes
+    # creating a fresh SQLite storage at once can fail ("table secondary_indexes already exists").
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.event_log_storage.set_concurrency_slots(pool_assets.GPU_POOL, 1)
     # Two processes, each executing its own run against the same instance, like two launched runs.
     procs = [
         subprocess.Popen(
