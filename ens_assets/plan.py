@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ens_assets.subsets.config import SubsetEnsembleConfig  # torch-free: validating a plan stays light
+
 CLASSES_CONSERVISION = (
     "antelope_duiker",
     "bird",
@@ -29,6 +31,8 @@ Stage = Literal["smoke", "cv"]
 # The fold key of a member's smoke run: fold 0's split at the smoke budget, trained before any cv fold.
 SMOKE_FOLD = "smoke"
 SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
+# How a member's checkpoint is trained: the standard epoch loop, or a subset ensemble merged into one model.
+Strategy = Literal["standard", "subset"]
 
 
 class PlanError(ValueError):
@@ -144,10 +148,13 @@ class Member(_Strict):
     pretrained: str | None = None
     # Per-member overrides of TrainingConfig fields (lr, batch_size, ...).
     overrides: dict[str, Any] = Field(default_factory=dict)
+    # "subset": base on k% -> n copies on difficulty strata -> parameter-averaged (settings in `subset`).
+    strategy: Strategy = "standard"
+    subset: SubsetEnsembleConfig | None = None
 
     @property
     def key(self) -> str:
-        return member_key(self.backbone, self.threshold, self.recipe)
+        return member_key(self.backbone, self.threshold, self.recipe, self.strategy)
 
 
 class EnsembleConfig(_Strict):
@@ -209,8 +216,14 @@ class Plan(_Strict):
                 )
             if m.recipe not in self.recipes:
                 raise ValueError(f"{where}: recipe '{m.recipe}' is not defined under recipes: {sorted(self.recipes)}")
+            if m.strategy == "subset" and m.subset is None:
+                raise ValueError(f"{where}: strategy: subset needs a 'subset:' block with its settings, e.g. "
+                                 "subset: {fraction: 0.3, copies: 3, phases: 1, total_epochs: 8}")
+            if m.strategy != "subset" and m.subset is not None:
+                raise ValueError(f"{where}: a 'subset:' block is given but strategy is '{m.strategy}'; "
+                                 "set strategy: subset to use it, or remove the block")
             if m.key in seen:
-                raise ValueError(f"{where}: duplicate member; each backbone x threshold x recipe may appear once")
+                raise ValueError(f"{where}: duplicate member; each backbone x threshold x recipe may appear once per strategy")
             seen.add(m.key)
             unknown = set(m.overrides) - set(TrainingConfig.model_fields)
             if unknown:
@@ -332,6 +345,8 @@ class Plan(_Strict):
             "budget": self.budget(m).model_dump(mode="json"),
             "training": self.training_config(m).model_dump(mode="json", exclude={"smoke", "cv"}),
             "image_size": self.crops.image_size,
+            # Only subset members carry these keys: a standard member's spec (and fingerprint) is unchanged.
+            **({"strategy": m.strategy, "subset": m.subset.model_dump(mode="json")} if m.subset is not None else {}),
         }
 
     def member_spec_hash(self, member: Member | str) -> str:
@@ -343,9 +358,10 @@ def threshold_key(threshold: float) -> str:
     return f"{float(threshold):.2f}"
 
 
-def member_key(backbone: str, threshold: float, recipe: str) -> str:
-    """Readable, stable member key: 'lcnet_050.t005.mixup'."""
-    return f"{backbone}.t{round(float(threshold) * 100):03d}.{recipe}"
+def member_key(backbone: str, threshold: float, recipe: str, strategy: Strategy = "standard") -> str:
+    """Readable, stable member key: 'lcnet_050.t005.mixup'; a subset member's ends in '.subset'."""
+    key = f"{backbone}.t{round(float(threshold) * 100):03d}.{recipe}"
+    return key if strategy == "standard" else f"{key}.{strategy}"
 
 
 def invalid_key_chars(key: str) -> list[str]:
