@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export ENS_ASSETS_DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 PIP_QUIET ?= -q
 
-.PHONY: install demo test bench ui mlflow-ui dvc-env clean-work
+.PHONY: install demo test bench ui mlflow-ui dvc-env repro clean-work
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,14 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+repro: install
+	$(ENS_ASSETS_DVC) repro
+
 bench: install
 	$(PY) -m bench.run_all
 
 ui: install
+	$(PY) -m ens_assets.cli instance
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 mlflow-ui: install

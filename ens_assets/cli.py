@@ -21,11 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _instance():
+    """The instance in $DAGSTER_HOME, with the gpu pool's limit of one set explicitly.
+
+    dagster.yaml's default_limit covers pools created on first use, but two runs creating the pool at the
+    same moment on a fresh SQLite instance were seen to both get a slot; an explicit limit closes that race.
+    """
     import dagster as dg
+
+    from ens_assets.defs.training_assets import GPU_POOL
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    if GPU_POOL not in instance.event_log_storage.get_concurrency_keys():
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
+    return instance
 
 
 class StageRunner:
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="validate params.yaml and list the partitions it defines")
+    sub.add_parser("instance", help="prepare the Dagster instance in $DAGSTER_HOME (gpu pool limit of one)")
     materialize = sub.add_parser("materialize", help="run one stage's assets through Dagster")
     materialize.add_argument("stage", choices=[*STAGES, "all"])
     sub.add_parser("demo", help="run every stage on the plan, then print where to look")
@@ -164,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan OK: {len(plan.members)} members, thresholds {plan.threshold_keys}, {plan.folds.k} folds")
         for member in plan.members:
             print(f"  {member.key:40s} stage {member.stage:5s} partitions {plan.checkpoint_folds(member)}")
+        return 0
+    if args.command == "instance":
+        instance = _instance()
+        print(f"instance {os.environ['DAGSTER_HOME']}: pool limits {instance.event_log_storage.get_concurrency_keys()}")
         return 0
     runner = StageRunner(args.params)
     stages = STAGES if args.command == "demo" or args.stage == "all" else (args.stage,)

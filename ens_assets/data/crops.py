@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import signal
 import os
 import shutil
 import tempfile
@@ -146,6 +147,13 @@ def _resolve_workers(workers: int | None, cfg: CropConfig) -> int:
     return max(1, workers or os.cpu_count() or 1)
 
 
+def _worker_init() -> None:
+    # Forked workers inherit the parent's signal handlers (Dagster installs its own); pool shutdown
+    # terminates them, which must end them quietly rather than raise inside the orchestrator's handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _pool_context():
     # fork starts workers in milliseconds; spawn would re-import numpy/PIL/polars in each one.
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -192,7 +200,7 @@ def build_crop_cache(
                 for chunk in chunks:
                     collect(_process_chunk(chunk))
             else:
-                with _pool_context().Pool(min(n_workers, len(chunks))) as pool:
+                with _pool_context().Pool(min(n_workers, len(chunks)), initializer=_worker_init) as pool:
                     for result in pool.imap(_process_chunk, chunks):
                         collect(result)
         _raw_to_npy(raw_path, building / "images.npy", len(index_rows), cfg.image_size)

@@ -9,6 +9,10 @@ from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.plan import Plan
 
 GPU_POOL = "gpu"
+GPU_STEP_OP_TAGS = {
+    "dagster-celery/queue": GPU_POOL,
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}},
+}
 
 
 def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
@@ -23,6 +27,8 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         # freshness per partition is decided by the content fingerprint recorded beside each checkpoint.
         deps=[dg.AssetDep(crops, partition_mapping=dg.AllPartitionMapping()), folds],
         kinds={"pytorch", "mlflow"},
+        # Ignored by the default executors; route the step to a GPU under celery / k8s (see deploy/).
+        op_tags=GPU_STEP_OP_TAGS,
     )
     def checkpoints(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
