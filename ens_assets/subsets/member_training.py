@@ -1,0 +1,200 @@
+"""One checkpoint partition (member x fold) of a `strategy: subset` plan member.
+
+`ens_assets.training.run.train_member_fold` calls `train_subset_member` instead of the standard loop
+when a member's strategy is "subset"; it returns the same `TrainOutcome` the standard loop does, so
+the checkpoint, sidecar, smoke verdict, MLflow run and OOF/test predictions work unchanged. The extra
+pieces (per-phase metrics, report, score plot) travel in `TrainOutcome.extra`.
+
+Budget: the cv folds train the member's `subset` config as written (total_epochs over its phases).
+The smoke partition proves the pipeline at a reduced cost: one phase, with total epochs = the smoke
+budget's epochs, raised to the minimum that gives the base and each copy one epoch, and never more
+than one phase of the full config (see `effective_subset_config`). The fold's `time_budget_s` is
+shared by all training calls of the run (base and copies); difficulty scoring is not counted in it.
+
+Difficulty scores are computed once per member x fold and cached in the checkpoint folder
+(difficulty_scores.parquet + difficulty_scores.json holding the key they were computed for), so
+changing copies/phases/epochs/merge reuses them. There is no per-epoch recovery: a killed run
+restarts its training from the first base, keeping the cached scores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from ens_assets.atomic import write_bytes, write_json, write_parquet
+from ens_assets.plan import SMOKE_FOLD, Budget, Member, Plan, stable_hash
+from ens_assets.subsets.config import SubsetEnsembleConfig, epoch_plan
+from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png
+from ens_assets.subsets.standard_loop import standard_loop_train_fn
+from ens_assets.subsets.strategy import train_subset_ensemble
+from ens_assets.training.loop import TrainOutcome
+from ens_assets.training.models import create_member_model
+
+SCORES_FILE = "difficulty_scores.parquet"
+SCORES_KEY_FILE = "difficulty_scores.json"
+SCORES_PLOT_FILE = "difficulty_scores.png"
+REPORT_FILE = "subset_report.json"
+
+
+def effective_subset_config(cfg: SubsetEnsembleConfig, fold_key: str, smoke_budget: Budget) -> SubsetEnsembleConfig:
+    """The config a checkpoint partition trains with: as written for cv folds, one short phase for smoke."""
+    if str(fold_key) != SMOKE_FOLD:
+        return cfg
+    one_phase = cfg.total_epochs // cfg.phases
+    total = min(one_phase, max(smoke_budget.epochs, 2 * cfg.copies))
+    return SubsetEnsembleConfig.model_validate({**cfg.model_dump(), "phases": 1, "total_epochs": total})
+
+
+def train_subset_member(
+    plan: Plan,
+    member: Member,
+    fold_key: str,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    classes: list[str],
+    *,
+    out_dir: str | Path,
+    data_key: str,
+    device: torch.device | None = None,
+    log: Callable[[str], Any] = print,
+) -> TrainOutcome:
+    """Train one subset-ensemble checkpoint on a fold's crops; returns a `TrainOutcome` of the merged model.
+
+    `data_key` identifies the training images (crops, folds, fold) for the difficulty-score cache.
+    `outcome.extra` holds "metrics" (per-phase val losses, flat floats), "artifacts" (score plot and
+    report paths) and "sidecar" (report and effective config for checkpoint.json).
+    """
+    from ens_assets.training.device import select_device
+
+    if member.subset is None:
+        raise ValueError(f"{member.key}: strategy '{member.strategy}' has no subset settings; add a 'subset:' block")
+    started = time.perf_counter()
+    out = Path(out_dir)
+    device = device or select_device()
+    cfg = effective_subset_config(member.subset, fold_key, plan.training.smoke)
+    budget = plan.budget_for_fold(fold_key)
+    config = plan.training_config(member)
+    recipe = plan.recipes[member.recipe]
+    num_classes = len(classes)
+    labels = np.asarray(train_labels, dtype=np.int64)
+
+    def trainer(on_outcome=None):
+        return standard_loop_train_fn(num_classes, val_images, val_labels, recipe=recipe, config=config,
+                                      time_budget_s=budget.time_budget_s, device=device, on_outcome=on_outcome)
+
+    score_key = stable_hash({
+        "data": data_key, "backbone": member.backbone, "num_classes": num_classes, "num_images": len(labels),
+        "score": {k: cfg.model_dump(mode="json")[k] for k in ("score_seeds", "score_epochs", "grad_scope", "batch_size")},
+        "recipe": recipe.model_dump(mode="json"), "training": config.model_dump(mode="json", exclude={"smoke", "cv"}),
+    })  # fmt: skip
+    scores = read_cached_scores(out, score_key, len(labels))
+    scores_cached = scores is not None
+    scores_started = time.perf_counter()
+    if scores is None:
+        log(f"{member.key} fold {fold_key}: scoring {len(labels)} training crops ({cfg.score}, seeds {list(cfg.score_seeds)})")
+        scores = difficulty_scores(member.backbone, num_classes, train_images, labels, seeds=cfg.score_seeds,
+                                   epochs=cfg.score_epochs, batch_size=cfg.batch_size, train_fn=trainer(),
+                                   grad_scope=cfg.grad_scope, device=device)
+        write_cached_scores(out, score_key, scores)
+    scores_wall_s = time.perf_counter() - scores_started
+    plot = write_bytes(out / SCORES_PLOT_FILE, score_distribution_png(scores, classes, labels))
+
+    outcomes: list[TrainOutcome] = []
+    initial = create_member_model(member.backbone, num_classes, member.pretrained, Path(plan.base_dir)) \
+        if member.pretrained else None  # fmt: skip
+    log(f"{member.key} fold {fold_key}: subset ensemble k={cfg.fraction} n={cfg.copies} phases={cfg.phases} "
+        f"total_epochs={cfg.total_epochs} merge={cfg.merge} (epochs per phase: {epoch_plan(cfg)})")
+    model, report = train_subset_ensemble(
+        member.backbone, num_classes, train_images, labels, val_images, val_labels, cfg, seed=config.seed,
+        train_fn=trainer(outcomes.append), scores=scores, initial_model=initial, device=device,
+    )  # fmt: skip
+    report = {**report, "fold": fold_key, "scores_cached": scores_cached, "scores_wall_s": scores_wall_s}
+    report_path = write_json(out / REPORT_FILE, report)
+    history = subset_history(cfg, outcomes)
+    for phase in report["phases"]:
+        log(f"{member.key} fold {fold_key} phase {phase['phase']}: base {phase['base_val_loss']:.4f}, copies "
+            f"{[round(v, 4) for v in phase['copy_val_losses']]}, merged {phase['merged_val_loss']:.4f} "
+            f"(accepted {phase['accepted_copies']})")
+    train_seconds = sum(o.train_seconds for o in outcomes)
+    images_trained = sum(o.images_per_second * o.train_seconds for o in outcomes)
+    return TrainOutcome(
+        best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        best_epoch=len(history) - 1,
+        best_val_loss=float(report["final_val_loss"]),
+        history=history,
+        epochs_run=len(history),
+        stopped_reason="time_budget" if any(o.stopped_reason == "time_budget" for o in outcomes) else "completed",
+        wall_seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
+        images_per_second=images_trained / train_seconds if train_seconds else 0.0,
+        peak_memory_mb=max((o.peak_memory_mb for o in outcomes), default=0.0),
+        extra={
+            "metrics": subset_metrics(report),
+            "artifacts": [plot, report_path],
+            "sidecar": {"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
+        },
+    )
+
+
+def subset_history(cfg: SubsetEnsembleConfig, outcomes: list[TrainOutcome]) -> list[dict[str, Any]]:
+    """Every epoch trained, in order (phase p: base, then copy 0..n-1), numbered 0..N-1 across the run.
+
+    Records keep the standard loop's fields (train_loss, val_loss, ...) plus `phase` and `part`, so the
+    smoke verdict and the MLflow per-epoch curves read them as they read a standard member's history.
+    """
+    parts = [(phase, part) for phase in range(cfg.phases) for part in ["base", *(f"copy{j}" for j in range(cfg.copies))]]
+    if len(parts) != len(outcomes):
+        raise RuntimeError(f"subset run made {len(outcomes)} training calls; its epoch plan expects {len(parts)}")
+    history: list[dict[str, Any]] = []
+    for (phase, part), outcome in zip(parts, outcomes):
+        for record in outcome.history:
+            history.append({**record, "epoch": len(history), "part_epoch": record["epoch"], "phase": phase, "part": part})
+    return history
+
+
+def subset_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flat per-phase metrics (crop-level validation log loss of base, copies and merged model)."""
+    metrics: dict[str, float] = {
+        "subset_phases": float(len(report["phases"])),
+        "subset_scores_cached": float(report["scores_cached"]),
+        "subset_scores_wall_s": float(report["scores_wall_s"]),
+        "subset_final_val_loss_crops": float(report["final_val_loss"]),
+    }
+    for phase in report["phases"]:
+        prefix = f"subset_p{phase['phase']}"
+        metrics[f"{prefix}_base_val_loss_crops"] = float(phase["base_val_loss"])
+        metrics[f"{prefix}_merged_val_loss_crops"] = float(phase["merged_val_loss"])
+        metrics[f"{prefix}_accepted_copies"] = float(len(phase["accepted_copies"]))
+        for j, loss in enumerate(phase["copy_val_losses"]):
+            metrics[f"{prefix}_copy{j}_val_loss_crops"] = float(loss)
+    return metrics
+
+
+def read_cached_scores(directory: Path, key: str, num_images: int) -> pl.DataFrame | None:
+    """The cached score table when it was computed for `key` and covers `num_images` rows, else None."""
+    key_file, table = directory / SCORES_KEY_FILE, directory / SCORES_FILE
+    if not key_file.is_file() or not table.is_file():
+        return None
+    try:
+        if json.loads(key_file.read_text()).get("key") != key:
+            return None
+        scores = pl.read_parquet(table)
+    except (ValueError, OSError, pl.exceptions.PolarsError):  # an unreadable cache only costs a recompute
+        return None
+    return scores if scores.height == num_images else None
+
+
+def write_cached_scores(directory: Path, key: str, scores: pl.DataFrame) -> None:
+    """Table first, key last: the key file vouches only for a complete table computed for that key."""
+    (directory / SCORES_KEY_FILE).unlink(missing_ok=True)
+    write_parquet(directory / SCORES_FILE, scores)
+    write_json(directory / SCORES_KEY_FILE, {"key": key, "rows": scores.height})
