@@ -188,14 +188,23 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         f"{member.key} fold {fold_key}: {train_part.height} training crops, {val_part.height} validation crops, "
         f"{len(classes)} classes, budget {budget.epochs} epochs / {budget.time_budget_s:.0f}s"
     )
-    outcome = train_member_model(
-        member.backbone, len(classes),
+    fold_arrays = (
         _gather(inputs.images, train_part["row"]), _label_indices(train_part["label"], classes),
         _gather(inputs.images, val_part["row"]), _label_indices(val_part["label"], classes),
-        recipe=plan.recipes[member.recipe], config=config, budget=budget, seed=config.seed,
-        out_dir=out_dir / RECOVERY_SUBDIR, pretrained=member.pretrained, base_dir=Path(plan.base_dir),
-        resume_token=print_, log=log,
     )  # fmt: skip
+    if member.strategy == "subset":
+        # Same inputs and outputs as the standard loop; its extra metrics/artifacts/sidecar come in outcome.extra.
+        from ens_assets.subsets.member_training import train_subset_member
+
+        data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
+        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
+    else:
+        outcome = train_member_model(
+            member.backbone, len(classes), *fold_arrays,
+            recipe=plan.recipes[member.recipe], config=config, budget=budget, seed=config.seed,
+            out_dir=out_dir / RECOVERY_SUBDIR, pretrained=member.pretrained, base_dir=Path(plan.base_dir),
+            resume_token=print_, log=log,
+        )  # fmt: skip
 
     device = select_device()
     model = create_member_model(member.backbone, len(classes), None)
@@ -227,6 +236,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         "n_val_images": len(image_ids),
         "images_without_crops": inputs.images_without_crops,
         **per_class_metrics(y_true, y_pred, classes),
+        **outcome.extra.get("metrics", {}),
     }
     from ens_assets.promotion import evaluate_smoke
 
@@ -236,8 +246,10 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
     tracked = log_checkpoint_run(
         plan,
         tags={"member": member.key, "backbone": member.backbone, "threshold": threshold_key(member.threshold),
-              "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "fingerprint": print_},
-        params=spec, history=outcome.history, metrics=metrics, artifacts=[confusion_json, confusion_png],
+              "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "strategy": member.strategy,
+              "fingerprint": print_},
+        params=spec, history=outcome.history, metrics=metrics,
+        artifacts=[confusion_json, confusion_png, *outcome.extra.get("artifacts", [])],
         run_name=f"{member.key}|{fold_key}",
     )  # fmt: skip
     save_checkpoint(
@@ -259,6 +271,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
             "mlflow_run_id": tracked.run_id,
             "mlflow_url": tracked.url,
             "created_unix": time.time(),
+            **outcome.extra.get("sidecar", {}),
         },
     )
     discard_recovery(out_dir / RECOVERY_SUBDIR)
