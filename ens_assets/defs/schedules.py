@@ -44,7 +44,7 @@ def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, 
     }
 
 
-def nightly_requests(plan: Plan, in_flight: set[str]) -> list[dg.RunRequest]:
+def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[dg.RunRequest]:
     """Checkpoint partitions that are missing or stale, cheapest members first, none already queued/running.
 
     Smoke runs always come before k-fold runs; a member's cv folds are requested only once its smoke
@@ -70,6 +70,8 @@ def nightly_requests(plan: Plan, in_flight: set[str]) -> list[dg.RunRequest]:
             continue
         requests.append(
             dg.RunRequest(
+                # One request per partition per night; a partition that failed is asked for again tomorrow.
+                run_key=f"{night}:{key}",
                 partition_key=key,
                 # Lower-cost work first when the queue drains (higher priority runs earlier).
                 tags={"dagster/priority": str(-rank), "ens_assets/member": member, "ens_assets/fold": fold},
@@ -95,7 +97,8 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
     )
     def nightly_training(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
         plan_now = plan_resource.load()
-        requests = nightly_requests(plan_now, in_flight_partitions(context.instance, "checkpoints_job"))
+        night = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
+        requests = nightly_requests(plan_now, in_flight_partitions(context.instance, "checkpoints_job"), night)
         if not requests:
             return dg.SkipReason("every checkpoint of every promoted member is fresh, queued or running")
         return requests
@@ -112,8 +115,9 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
         from ens_assets.member_outputs import checkpoints_complete
 
         busy = in_flight_partitions(context.instance, "predictions_job")
+        morning = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
         requests = [
-            dg.RunRequest(partition_key=m, tags={"ens_assets/member": m})
+            dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={"ens_assets/member": m})
             for m in plan_now.member_keys
             if m not in busy and checkpoints_complete(plan_now, m)
         ]

@@ -249,7 +249,8 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Split a permutation into batches; a last batch of one joins the previous (BatchNorm needs two)."""
     chunks = list(torch.split(order, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+        last = chunks.pop()  # pop first: indexing after the pop must address the new last batch
+        chunks[-1] = torch.cat([chunks[-1], last])
     return chunks
 
 

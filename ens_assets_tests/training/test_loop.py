@@ -117,3 +117,14 @@ def test_per_image_mean_averages_each_images_crops():
     ids, means = per_image_mean(index, probs)
     assert ids.tolist() == ["b", "a", "c"]
     np.testing.assert_allclose(means, [[0.5, 0.5], [0.2, 0.8], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize("n", [16, 17, 33, 47])
+def test_batches_cover_every_item_once(n):
+    """A trailing batch of one joins the previous one; no item is dropped or repeated."""
+    from ens_assets.training.loop import _batches
+
+    batches = _batches(torch.randperm(n), 16)
+    seen = torch.cat(batches).sort().values
+    assert torch.equal(seen, torch.arange(n))
+    assert min(len(b) for b in batches) >= 2
