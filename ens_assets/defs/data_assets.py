@@ -92,6 +92,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             plan.crops,
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
+            max_pixels=plan.data.max_image_pixels,
         )
         return dg.MaterializeResult(
             metadata={"path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))), **table_metadata(summary)}
