@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 import warnings
@@ -35,7 +36,38 @@ def _instance():
     instance = dg.DagsterInstance.get()
     if GPU_POOL not in instance.event_log_storage.get_concurrency_keys():
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
+    _reap_runs_of_dead_processes(instance)
     return instance
+
+
+LAUNCHER_TAGS = {"ens_assets/launcher": "cli", "ens_assets/host": socket.gethostname()}
+
+
+def _reap_runs_of_dead_processes(instance) -> None:
+    """A CLI run whose process was killed stays 'started' and keeps its gpu slot: without the daemon's run
+    monitoring nothing would ever free it, and every later training step would wait forever."""
+    import dagster as dg
+
+    from ens_assets.defs.schedules import IN_FLIGHT
+
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT, tags=LAUNCHER_TAGS))
+    for run in runs:
+        pid = int(run.tags.get("ens_assets/pid", "0"))
+        if pid and _process_alive(pid):
+            continue
+        instance.report_run_failed(run, f"its ens-assets process (pid {pid}) is gone; concurrency slots freed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"freed the slots of run {run.run_id} (its process {pid} was killed)")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StageRunner:
@@ -60,7 +92,10 @@ class StageRunner:
     def _run(self, job: str, partition_key=None, label: str = "") -> bool:
         started = time.perf_counter()
         result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, partition_key=partition_key, raise_on_error=False
+            instance=self.instance,
+            partition_key=partition_key,
+            raise_on_error=False,
+            tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid())},
         )
         elapsed = time.perf_counter() - started
         self.step_seconds[label or job] = elapsed
