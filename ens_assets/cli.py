@@ -10,6 +10,7 @@ one history.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
@@ -73,7 +74,7 @@ def _process_alive(pid: int) -> bool:
 class StageRunner:
     """Runs the plan's jobs partition by partition in this process, printing progress."""
 
-    def __init__(self, params: Path, out=print):
+    def __init__(self, params: Path, out=functools.partial(print, flush=True)):
         import dagster as dg
 
         from ens_assets.definitions import build_definitions
@@ -104,7 +105,7 @@ class StageRunner:
         gate_only = bool(failed) and all(e.step_key.endswith("smoke_gate") for e in failed)
         status = "ok" if result.success else ("gate failed" if gate_only else "FAILED")
         self.out(f"  [{status}] {label or job} ({elapsed:.1f}s)")
-        for event in failed:
+        for event in [] if gate_only else failed:  # a gate's reasons are printed from its verdict
             user = event.step_failure_data.user_failure_data
             error = event.step_failure_data.error
             reason = user.description if user and user.description else (error.message.strip().splitlines()[0] if error else "failed")
@@ -174,8 +175,8 @@ def _print_where_to_look(plan, out=print) -> None:
     scores_path = plan.ensemble_dir / "scores.parquet"
     out("\n=== ensemble vs members (honest, nested-by-fold OOF scores) ===")
     if scores_path.is_file():
-        scores = pl.read_parquet(scores_path)
-        with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4):
+        scores = pl.read_parquet(scores_path).select("name", "kind", "log_loss", "accuracy", "in_sample_log_loss", "nested")
+        with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4, tbl_hide_dataframe_shape=True):
             out(str(scores))
     roadmap = plan.diagnostics_dir / "roadmap.md"
     if roadmap.is_file():

@@ -348,9 +348,23 @@ def predict_member_test(plan: Plan, member_key: str) -> pl.DataFrame:
         total = probs if total is None else total + probs
     image_ids, probs = per_image_mean(inputs.test_crops, (total / len(fold_keys)).astype(np.float32))
     frame = pl.concat([pl.DataFrame({"image_id": image_ids}), pl.DataFrame(probs, schema=classes)], how="horizontal")
-    frame = frame.sort("image_id")
+    frame = pl.concat([frame, _class_prior_rows(plan, frame["image_id"], classes)]).sort("image_id")
     write_parquet(plan.test_predictions_path(member.key), frame)
     return frame
+
+
+def _class_prior_rows(plan: Plan, predicted: pl.Series, classes: list[str]) -> pl.DataFrame:
+    """Test images with no crop (quarantined: unreadable) still need a row in a submission: they get the
+    training class frequencies, the best guess without pixels, so no test image is silently dropped."""
+    manifest = pl.read_parquet(plan.manifest_path)
+    missing = manifest.filter((pl.col("split") == "test") & ~pl.col("image_id").is_in(predicted.implode()))["image_id"]
+    labels = manifest.filter(pl.col("split") == "train")["label"].to_list()
+    prior = np.array([labels.count(c) for c in classes], dtype=np.float64) + 1.0
+    prior = (prior / prior.sum()).astype(np.float32)
+    rows = np.tile(prior, (len(missing), 1))
+    return pl.concat(
+        [pl.DataFrame({"image_id": missing}), pl.DataFrame(rows, schema=classes, orient="row")], how="horizontal"
+    )
 
 
 def oof_summary(oof_df: pl.DataFrame, classes: list[str]) -> dict[str, float]:

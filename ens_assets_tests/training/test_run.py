@@ -118,3 +118,17 @@ def test_smoke_member_trains_only_its_smoke_partition(tiny_data, tmp_path):
         train_member_fold(plan, plan.members[1].key, 0, **QUIET)
     with pytest.raises(PlanError, match="not a checkpoint partition"):
         train_member_fold(plan, plan.members[0].key, 7, **QUIET)
+
+
+def test_test_images_without_a_crop_get_the_class_prior_not_dropped(trained_project):
+    """A quarantined test image has no pixels to predict from, yet the submission needs its row."""
+    from ens_assets.training.run import _class_prior_rows
+
+    plan, _, _ = trained_project
+    manifest = pl.read_parquet(plan.manifest_path)
+    test_ids = manifest.filter(pl.col("split") == "test")["image_id"].sort()
+    classes = sorted(manifest.filter(pl.col("split") == "train")["label"].unique().to_list())
+    rows = _class_prior_rows(plan, test_ids[1:], classes)
+    assert rows["image_id"].to_list() == [test_ids[0]]
+    probs = rows.select(classes).to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0) and (probs > 0).all()
