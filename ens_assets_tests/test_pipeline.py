@@ -1,6 +1,7 @@
 """The whole plan through Dagster on a real SQLite-backed instance: data -> crops -> smoke -> k folds ->
 predictions -> ensemble -> diagnostics, then the nightly and morning schedules against that instance."""
 
+import datetime
 import json
 import shutil
 import uuid
@@ -19,6 +20,7 @@ from ens_assets.definitions import build_definitions
 from ens_assets.plan import load_plan
 
 REPO = Path(__file__).resolve().parent.parent
+TICK = datetime.datetime(2026, 11, 23, 1, 0, tzinfo=datetime.timezone.utc)
 
 GOOD_A = "test_resnet.t005.geo"
 GOOD_B = "test_resnet.t020.mixup"
@@ -151,6 +153,16 @@ def test_rerun_skips_fresh_checkpoints(materialized):
     assert before == after
 
 
+def _schedule_context(defs: dg.Definitions, instance: dg.DagsterInstance):
+    """What the daemon gives a schedule at 01:00: the instance, the repository and the plan resource."""
+    return dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=TICK,
+        repository_def=defs.get_repository_def(),
+        resources={"plan_resource": defs.resources["plan_resource"]},
+    )
+
+
 def _schedule(defs: dg.Definitions, name: str):
     return next(s for s in defs.schedules if s.name == name)
 
@@ -160,7 +172,7 @@ def test_nightly_schedule_requests_only_stale_partitions(materialized, project):
     instance = runner.instance
 
     nightly = _schedule(runner.defs, "nightly_training")
-    with dg.build_schedule_context(instance=instance, resources={"plan_resource": runner.defs.resources["plan_resource"]}) as ctx:
+    with _schedule_context(runner.defs, instance) as ctx:
         result = nightly.evaluate_tick(ctx)
     assert not result.run_requests, "everything is fresh after the full run"
 
@@ -184,7 +196,7 @@ def test_nightly_schedule_requests_only_stale_partitions(materialized, project):
         )
     )
     defs = build_definitions(params)
-    with dg.build_schedule_context(instance=instance, resources={"plan_resource": defs.resources["plan_resource"]}) as ctx:
+    with _schedule_context(defs, instance) as ctx:
         result = _schedule(defs, "nightly_training").evaluate_tick(ctx)
     assert [r.partition_key for r in result.run_requests] == [str(checkpoint_key(GOOD_A, f)) for f in ("smoke", "1")]
     write_params(project, PARAMS)
@@ -193,6 +205,6 @@ def test_nightly_schedule_requests_only_stale_partitions(materialized, project):
 def test_morning_schedule_refreshes_members_with_complete_checkpoints(materialized):
     runner, _, _ = materialized
     morning = _schedule(runner.defs, "morning_predictions")
-    with dg.build_schedule_context(instance=runner.instance, resources={"plan_resource": runner.defs.resources["plan_resource"]}) as ctx:
+    with _schedule_context(runner.defs, runner.instance) as ctx:
         result = morning.evaluate_tick(ctx)
     assert sorted(r.partition_key for r in result.run_requests) == sorted([GOOD_A, GOOD_B])

@@ -37,7 +37,9 @@ def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tupl
 def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, monkeypatch):
     params = copy.deepcopy(PARAMS)
     params["members"] = params["members"][:2] + [{**params["members"][0], "recipe": "mixup"}]
-    params["training"]["smoke"] = {"epochs": 4, "time_budget_s": 60, "patience": 4}
+    # Long enough that a crops run launched once training holds the gpu (about 15 s to start its step
+    # process here) still finds a training step running.
+    params["training"]["smoke"] = {"epochs": 40, "time_budget_s": 60, "patience": 40}
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     home = tmp_path / "dagster_home"

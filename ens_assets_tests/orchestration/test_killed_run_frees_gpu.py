@@ -41,7 +41,7 @@ def test_killed_training_run_releases_the_gpu_slot(tmp_path):
         assert _cli(params_path, "materialize", stage, env=env).wait(timeout=300) == 0
 
     trainer = _cli(params_path, "materialize", "train", env=env)
-    instance = dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home)))
+    instance = dg.DagsterInstance.from_config(str(home))
     deadline = time.time() + 240
     while time.time() < deadline:
         if instance.event_log_storage.get_concurrency_info("gpu").active_slot_count:

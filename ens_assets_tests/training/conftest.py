@@ -111,7 +111,7 @@ def trained_project(tiny_data, tmp_path_factory):
 
 
 def copy_tiny_project(tiny_data: dict, base_dir: Path, **training_overrides) -> Plan:
-    """A private copy of the shared tiny demo's crops and folds under base_dir, with the same plan.
+    """A private copy of the shared tiny demo's manifest, crops and folds under base_dir, with the same plan.
 
     Training tests write checkpoints and edit the plan, so they never touch the shared session project.
     """
@@ -127,4 +127,5 @@ def copy_tiny_project(tiny_data: dict, base_dir: Path, **training_overrides) -> 
     for key in source.threshold_keys:
         shutil.copytree(source.crops_dir(key), plan.crops_dir(key))
     shutil.copy2(source.folds_path, plan.folds_path)
+    shutil.copy2(source.manifest_path, plan.manifest_path)
     return plan
