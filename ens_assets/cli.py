@@ -108,7 +108,9 @@ class StageRunner:
         for event in [] if gate_only else failed:  # a gate's reasons are printed from its verdict
             user = event.step_failure_data.user_failure_data
             error = event.step_failure_data.error
-            reason = user.description if user and user.description else (error.message.strip().splitlines()[0] if error else "failed")
+            # The library's wrapper ("Error occurred while executing op") hides the cause users need to see.
+            root = error.cause if error is not None and error.cause is not None else error
+            reason = user.description if user and user.description else (root.message.strip().splitlines()[0] if root else "failed")
             self.out(f"      {event.step_key}: {reason}")
         if gate_only:
             self.gate_failures.append(label or job)
@@ -155,6 +157,8 @@ class StageRunner:
                 self.out(f"  [skip] {member}: its checkpoints are not all there")
                 continue
             self._run("predictions_job", member, f"predictions {member}")
+            if member in self.plan.subset_member_keys:
+                self._run("difficulty_job", member, f"difficulty scores {member}")
 
     def ensemble(self) -> None:
         self.out(f"ensemble: {self.plan.ensemble.method} combiner, honest scores, diagnostics")

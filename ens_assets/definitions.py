@@ -12,6 +12,7 @@ from ens_assets.defs.data_assets import build_data_assets
 from ens_assets.defs.ensemble_assets import build_ensemble_assets
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.schedules import build_jobs, build_schedules, build_sensors
+from ens_assets.defs.subset_assets import build_subset_assets
 from ens_assets.defs.training_assets import build_training_assets
 from ens_assets.plan import load_plan
 
@@ -32,10 +33,11 @@ def build_definitions(params_path: str | Path | None = None, executor: dg.Execut
     training = build_training_assets(plan, by_name["crops"], by_name["folds"])
     by_name.update({a.key.to_user_string(): a for a in training})
     ensemble = build_ensemble_assets(plan, by_name["oof_predictions"], by_name["test_predictions"])
-    by_name.update({a.key.to_user_string(): a for a in ensemble})
+    subsets = build_subset_assets(plan, by_name["checkpoints"])
+    by_name.update({a.key.to_user_string(): a for a in [*ensemble, *subsets]})
     jobs = build_jobs(plan, by_name)
     return dg.Definitions(
-        assets=[*data, *training, *ensemble],
+        assets=[*data, *training, *ensemble, *subsets],
         asset_checks=build_asset_checks(plan, by_name),
         jobs=list(jobs.values()),
         schedules=build_schedules(plan, jobs),

@@ -271,6 +271,13 @@ class Plan(_Strict):
     def oof_path(self, member: str) -> Path:
         return self.work / "oof" / f"{member}.parquet"
 
+    def difficulty_path(self, member: str) -> Path:
+        return self.work / "difficulty" / f"{member}.parquet"
+
+    @property
+    def subset_member_keys(self) -> list[str]:
+        return [m.key for m in self.members if m.strategy == "subset"]
+
     def test_predictions_path(self, member: str) -> Path:
         return self.work / "test_predictions" / f"{member}.parquet"
 

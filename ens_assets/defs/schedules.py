@@ -16,7 +16,7 @@ IN_FLIGHT = [
 
 
 def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, dg.JobDefinition]:
-    return {
+    jobs = {
         "data_job": dg.define_asset_job(
             "data_job",
             selection=dg.AssetSelection.assets(
@@ -42,6 +42,13 @@ def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, 
             "ensemble_job", selection=dg.AssetSelection.assets(assets["ensemble"], assets["ensemble_diagnostics"])
         ),
     }
+    if "difficulty_scores" in assets:
+        jobs["difficulty_job"] = dg.define_asset_job(
+            "difficulty_job",
+            selection=dg.AssetSelection.assets(assets["difficulty_scores"]),
+            partitions_def=assets["difficulty_scores"].partitions_def,
+        )
+    return jobs
 
 
 def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[dg.RunRequest]:

@@ -198,3 +198,37 @@ def write_cached_scores(directory: Path, key: str, scores: pl.DataFrame) -> None
     (directory / SCORES_KEY_FILE).unlink(missing_ok=True)
     write_parquet(directory / SCORES_FILE, scores)
     write_json(directory / SCORES_KEY_FILE, {"key": key, "rows": scores.height})
+
+
+SCORED_IMAGES_FILE = "difficulty_scores_images.parquet"
+
+
+def write_scored_images(out_dir: Path, train_crops: pl.DataFrame) -> None:
+    """Which image each row of the cached score table is (the fold's training crops, in training order)."""
+    write_parquet(Path(out_dir) / SCORED_IMAGES_FILE, train_crops.select("image_id", "label"))
+
+
+def member_difficulty_table(checkpoint_dirs: dict[str, Path]) -> pl.DataFrame:
+    """Per training image and checkpoint partition: mean EL2N and GraNd over the image's crops.
+
+    Columns: image_id, label, fold, el2n, grand. Partitions without cached scores are left out.
+    """
+    frames = []
+    for fold, directory in checkpoint_dirs.items():
+        scores_path, images_path = directory / SCORES_FILE, directory / SCORED_IMAGES_FILE
+        if not scores_path.is_file() or not images_path.is_file():
+            continue
+        scores = pl.read_parquet(scores_path).sort("index").select("el2n", "grand")
+        images = pl.read_parquet(images_path)
+        if images.height != scores.height:
+            raise ValueError(f"{directory}: {scores.height} scores for {images.height} training crops; retrain the partition")
+        frames.append(
+            pl.concat([images, scores], how="horizontal")
+            .group_by("image_id", "label")
+            .agg(pl.col("el2n").mean(), pl.col("grand").mean())
+            .with_columns(pl.lit(fold).alias("fold"))
+        )
+    if not frames:
+        return pl.DataFrame(schema={"image_id": pl.String, "label": pl.String, "fold": pl.String,
+                                    "el2n": pl.Float64, "grand": pl.Float64})  # fmt: skip
+    return pl.concat(frames).select("image_id", "label", "fold", "el2n", "grand").sort("fold", "image_id")

@@ -194,10 +194,11 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
     )  # fmt: skip
     if member.strategy == "subset":
         # Same inputs and outputs as the standard loop; its extra metrics/artifacts/sidecar come in outcome.extra.
-        from ens_assets.subsets.member_training import train_subset_member
+        from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
         data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
         outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
+        write_scored_images(out_dir, train_part)
     else:
         outcome = train_member_model(
             member.backbone, len(classes), *fold_arrays,

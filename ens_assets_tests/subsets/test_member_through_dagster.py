@@ -7,6 +7,8 @@ from pathlib import Path
 
 import mlflow
 import polars as pl
+
+import dagster as dg
 import pytest
 import yaml
 
@@ -105,6 +107,20 @@ def test_subset_member_checkpoints_and_oof_come_out_of_dagster(materialized):
     # Every training image that has a crop is predicted exactly once (none silently dropped).
     assert oof.height == folds.height - fold0["metrics"]["images_without_crops"]
     assert plan.test_predictions_path(SUBSET).is_file()
+
+
+def test_difficulty_scores_asset_gathers_per_image_scores(materialized):
+    runner, lines = materialized
+    plan = runner.plan
+    assert any(f"difficulty scores {SUBSET}" in line and "[ok]" in line for line in lines), "\n".join(lines)
+    table = pl.read_parquet(plan.difficulty_path(SUBSET))
+    assert set(table["fold"].unique().to_list()) == {"smoke", "0", "1"}
+    assert table.select(pl.col("el2n").is_finite().all(), pl.col("grand").is_finite().all()).row(0) == (True, True)
+    # Fold 0's scores cover exactly the images it trained on: those of the other fold.
+    folds = pl.read_parquet(plan.folds_path)
+    trained_on = set(folds.filter(pl.col("fold") != 0)["image_id"]) & set(table["image_id"])
+    assert set(table.filter(pl.col("fold") == "0")["image_id"]) == trained_on
+    assert runner.instance.get_latest_materialization_event(dg.AssetKey("difficulty_scores")) is not None
 
 
 def test_subset_run_is_logged_to_mlflow_like_a_standard_one(materialized):
