@@ -308,11 +308,6 @@ class Plan(_Strict):
                 return m
         raise PlanError(f"member '{key}' is not in the plan; members: {self.member_keys}")
 
-    def folds_for(self, member: Member | str) -> list[int]:
-        """Folds a member trains at its stage: smoke proves the pipeline on fold 0 only."""
-        m = self.member(member) if isinstance(member, str) else member
-        return [0] if m.stage == "smoke" else list(range(self.folds.k))
-
     def budget(self, member: Member | str) -> Budget:
         m = self.member(member) if isinstance(member, str) else member
         return self.training.smoke if m.stage == "smoke" else self.training.cv
@@ -355,9 +350,6 @@ class Plan(_Strict):
             # Only subset members carry these keys: a standard member's spec (and fingerprint) is unchanged.
             **({"strategy": m.strategy, "subset": m.subset.model_dump(mode="json")} if m.subset is not None else {}),
         }
-
-    def member_spec_hash(self, member: Member | str) -> str:
-        return stable_hash(self.member_spec(member))
 
 
 def threshold_key(threshold: float) -> str:
