@@ -27,7 +27,7 @@ install: $(VENV)/.installed $(DVC_VENV)/.installed
 dvc-env: $(DVC_VENV)/.installed
 
 demo: install
-	$(PY) -m ens_assets.cli demo --params params.yaml
+	$(PY) -m ens_assets.cli --params params.yaml demo
 
 test: install
 	$(PY) -m pytest

@@ -196,12 +196,16 @@ def _print_where_to_look(plan, out=print) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ens-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
+    # --params is accepted after the command too (`ens-assets demo --params p.yaml`); SUPPRESS keeps the
+    # subcommand from resetting a value given before it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--params", type=Path, default=argparse.SUPPRESS, help="the plan (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", help="validate params.yaml and list the partitions it defines")
-    sub.add_parser("instance", help="prepare the Dagster instance in $DAGSTER_HOME (gpu pool limit of one)")
-    materialize = sub.add_parser("materialize", help="run one stage's assets through Dagster")
+    sub.add_parser("check", parents=[after], help="validate params.yaml and list the partitions it defines")
+    sub.add_parser("instance", parents=[after], help="prepare the Dagster instance in $DAGSTER_HOME (gpu pool limit of one)")
+    materialize = sub.add_parser("materialize", parents=[after], help="run one stage's assets through Dagster")
     materialize.add_argument("stage", choices=[*STAGES, "all"])
-    sub.add_parser("demo", help="run every stage on the plan, then print where to look")
+    sub.add_parser("demo", parents=[after], help="run every stage on the plan, then print where to look")
     args = parser.parse_args(argv)
 
     from ens_assets.plan import PlanError, load_plan
