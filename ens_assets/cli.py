@@ -77,10 +77,12 @@ class StageRunner:
     def __init__(self, params: Path, out=functools.partial(print, flush=True)):
         import dagster as dg
 
-        from ens_assets.definitions import build_definitions
+        from ens_assets.defs.build import build_definitions
         from ens_assets.plan import load_plan
 
+        # Preview/beta notices about Dagster APIs are for this project's developers, not its users.
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
         self.params = params
         self.plan = load_plan(params)
         self.defs = build_definitions(params, executor=dg.in_process_executor)
@@ -97,6 +99,8 @@ class StageRunner:
             partition_key=partition_key,
             raise_on_error=False,
             tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid())},
+            # INFO keeps the per-epoch progress lines; DEBUG engine events would bury the stage summary.
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
         elapsed = time.perf_counter() - started
         self.step_seconds[label or job] = elapsed

@@ -14,7 +14,7 @@ from typing import Literal
 
 import dagster as dg
 
-from ens_assets.definitions import build_definitions
+from ens_assets.defs.build import build_definitions
 from ens_assets.defs.training_assets import GPU_POOL, GPU_STEP_OP_TAGS  # noqa: F401 (re-exported)
 
 ENGINES = ("celery", "k8s")

@@ -16,7 +16,7 @@ import dagster as dg
 from ens_assets.cli import STAGES, StageRunner
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.defs.schedules import nightly_requests
-from ens_assets.definitions import build_definitions
+from ens_assets.defs.build import build_definitions
 from ens_assets.plan import load_plan
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ JOB_ENV = "ENS_ASSETS_TEST_JOB"
 
 def project_job() -> dg.JobDefinition:
     """Module-level so the multiprocess executor's step processes can reconstruct it."""
-    from ens_assets.definitions import build_definitions
+    from ens_assets.defs.build import build_definitions
 
     return build_definitions().resolve_job_def(os.environ[JOB_ENV])
 

@@ -103,7 +103,7 @@ def test_gpu_steps_of_two_runs_submitted_together_never_overlap(dagster_home: Pa
 
 
 def test_project_checkpoints_asset_is_in_the_gpu_pool() -> None:
-    from ens_assets.definitions import build_definitions
+    from ens_assets.defs.build import build_definitions
 
     defs = build_definitions(REPO_ROOT / "params.yaml")
     checkpoints = defs.resolve_assets_def("checkpoints")

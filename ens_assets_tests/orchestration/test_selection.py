@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ens_assets.definitions import build_definitions
+from ens_assets.defs.build import build_definitions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_ASSETS = {
