@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,3 +50,21 @@ def write_parquet(target: str | Path, frame: Any) -> Path:
     with atomic_path(target, suffix=".parquet") as tmp:
         frame.write_parquet(tmp)
     return Path(target)
+
+
+def replace_dir(new: str | Path, target: str | Path) -> Path:
+    """Swap a fully built folder into place; the old one is removed only after the swap.
+
+    Readers see the old folder or the new one; a kill between the two renames leaves the old one beside
+    (named .<target>.old-<pid>) for the next build to remove.
+    """
+    new, target = Path(new), Path(target)
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+    return target

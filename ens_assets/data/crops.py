@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from ens_assets.atomic import replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.plan import CropConfig, DataConfig, threshold_key
 
@@ -214,7 +215,7 @@ def build_crop_cache(
         index.write_parquet(building / "index.parquet")
         quarantine.write_parquet(building / "quarantine.parquet")
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        _swap_in(building, out_dir)
+        replace_dir(building, out_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return summary
@@ -231,17 +232,6 @@ def _raw_to_npy(raw_path: Path, npy_path: Path, n: int, size: int) -> None:
         target[start : start + _COPY_BLOCK_ROWS] = source[start : start + _COPY_BLOCK_ROWS]
     target.flush()
     del source, target
-
-
-def _swap_in(building: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(building, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(building, out_dir)
 
 
 def _per_label(frame: pl.DataFrame) -> dict[str, int]:

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ens_assets.atomic import replace_dir
 from ens_assets.plan import CLASSES_CONSERVISION, DemoConfig
 
 GENERATOR_VERSION = "1"
@@ -357,22 +357,10 @@ def generate_demo(root: Path, cfg: DemoConfig) -> dict:
     building = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
     try:
         info = _generate_into(building, cfg)
-        _replace_dir(building, root)
+        replace_dir(building, root)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return info
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap a fully built folder into place; the old one is removed only after the swap."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
 
 
 def _generate_into(out: Path, cfg: DemoConfig) -> dict:

@@ -20,22 +20,12 @@ import pytest
 
 from ens_assets.plan import SMOKE_FOLD, load_plan
 
+from ens_assets_tests.orchestration.test_selection import ALL_ASSETS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 150
 STOP_TIMEOUT_S = 20
 
-EXPECTED_ASSETS = {
-    "source_images",
-    "manifest",
-    "detections",
-    "crops",
-    "folds",
-    "checkpoints",
-    "oof_predictions",
-    "test_predictions",
-    "ensemble",
-    "ensemble_diagnostics",
-}
 EXPECTED_CHECKS = {
     "folds": "folds_split_by_site",
     "crops": "every_image_accounted_for",
@@ -142,7 +132,7 @@ def test_code_location_loads(ui: dict) -> None:
 
 @pytest.mark.slow
 def test_every_asset_is_listed(nodes: dict[str, dict]) -> None:
-    assert set(nodes) == EXPECTED_ASSETS
+    assert set(nodes) == ALL_ASSETS
 
 
 @pytest.mark.slow
