@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from ens_assets.plan import Plan
+from ens_assets.training.checkpoint import read_sidecar
 
 NON_CLASS_COLUMNS = ("image_id", "fold", "label")
 
@@ -53,10 +53,9 @@ def collect_member_outputs(plan: Plan) -> MemberOutputs:
 def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
     facts: dict[str, Any] = {"mlflow_run_ids": []}
     for fold in plan.prediction_folds(member):
-        sidecar = plan.checkpoint_dir(member, fold) / "checkpoint.json"
-        if not sidecar.is_file():
+        stored = read_sidecar(plan.checkpoint_dir(member, fold))
+        if stored is None:
             continue
-        stored = json.loads(sidecar.read_text())
         metrics = stored.get("metrics", {})
         for name in ("flops_per_image", "param_count"):
             if name in metrics:
@@ -71,16 +70,14 @@ def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
 
 def checkpoints_complete(plan: Plan, member: str) -> bool:
     """Whether every checkpoint the member's predictions need exists."""
-    return all((plan.checkpoint_dir(member, f) / "checkpoint.json").is_file() for f in plan.prediction_folds(member))
+    return all(read_sidecar(plan.checkpoint_dir(member, f)) is not None for f in plan.prediction_folds(member))
 
 
 def member_cost(plan: Plan, member: str) -> float:
     """FLOPs per image recorded by the member's checkpoints; inf until measured, so an untried
     backbone (possibly heavy) is scheduled after the members known to be cheap."""
     for fold in plan.checkpoint_folds(member):
-        sidecar = plan.checkpoint_dir(member, fold) / "checkpoint.json"
-        if sidecar.is_file():
-            flops = json.loads(sidecar.read_text()).get("metrics", {}).get("flops_per_image")
-            if flops:
-                return float(flops)
+        flops = (read_sidecar(plan.checkpoint_dir(member, fold)) or {}).get("metrics", {}).get("flops_per_image")
+        if flops:
+            return float(flops)
     return float("inf")

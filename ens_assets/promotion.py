@@ -65,13 +65,9 @@ def evaluate_smoke(
 
 def read_verdict(checkpoint_dir) -> SmokeVerdict | None:
     """The verdict stored in a smoke checkpoint's sidecar, or None when that checkpoint does not exist."""
-    import json
-    from pathlib import Path
+    from ens_assets.training.checkpoint import read_sidecar  # deferred: imports torch
 
-    sidecar = Path(checkpoint_dir) / "checkpoint.json"
-    if not sidecar.is_file():
-        return None
-    stored = json.loads(sidecar.read_text()).get("smoke_verdict")
+    stored = (read_sidecar(checkpoint_dir) or {}).get("smoke_verdict")
     return SmokeVerdict(**stored) if stored else None
 
 

@@ -92,6 +92,11 @@ def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str
     return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
 
 
+def _tick_date(context: dg.ScheduleEvaluationContext) -> str:
+    """The tick's date: run keys carry it, so each partition is asked for at most once per tick."""
+    return context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
+
+
 def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefinition]:
     tz = plan.schedules.timezone
 
@@ -104,8 +109,8 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
     )
     def nightly_training(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
         plan_now = plan_resource.load()
-        night = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
-        requests = nightly_requests(plan_now, in_flight_partitions(context.instance, "checkpoints_job"), night)
+        in_flight = in_flight_partitions(context.instance, "checkpoints_job")
+        requests = nightly_requests(plan_now, in_flight, _tick_date(context))
         if not requests:
             return dg.SkipReason("every checkpoint of every promoted member is fresh, queued or running")
         return requests
@@ -122,7 +127,7 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
         from ens_assets.member_outputs import checkpoints_complete
 
         busy = in_flight_partitions(context.instance, "predictions_job")
-        morning = context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
+        morning = _tick_date(context)
         requests = [
             dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={"ens_assets/member": m})
             for m in plan_now.member_keys
