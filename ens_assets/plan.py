@@ -78,6 +78,17 @@ class CropConfig(_Strict):
     min_size_px: int = Field(8, ge=1)
     image_size: int = Field(64, ge=16)
     workers: int = 0  # 0 = all cores
+    # Detector categories cropped as the subject (MegaDetector: animal, person, vehicle). Only animals by
+    # default: a person or vehicle box is never cropped as an animal (such frames fall back to the full frame).
+    categories: tuple[str, ...] = ("animal",)
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(str(v).strip().lower() for v in value))
+        if not names or "" in names:
+            raise ValueError("list at least one detector category to crop, e.g. [animal]")
+        return names
 
     @field_validator("thresholds")
     @classmethod
@@ -260,6 +271,11 @@ class Plan(_Strict):
     @property
     def detections_path(self) -> Path:
         return self.work / "detections.parquet"
+
+    @property
+    def detections_summary_path(self) -> Path:
+        """Detections file version, images per status, JSON entries that matched no image."""
+        return self.work / "detections.json"
 
     @property
     def folds_path(self) -> Path:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import polars as pl
@@ -76,6 +77,12 @@ def _relative_path(root: Path, raw: object, where: str) -> tuple[str, str]:
     text = str(raw).strip().replace("\\", "/")
     candidate = Path(text)
     absolute = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+    if not absolute.exists():  # the labels may spell a name in NFC and the disk in NFD (macOS), or the reverse
+        for form in ("NFC", "NFD"):
+            variant = Path(unicodedata.normalize(form, str(absolute)))
+            if variant.exists():
+                absolute = variant
+                break
     try:
         rel = absolute.relative_to(root)
     except ValueError:

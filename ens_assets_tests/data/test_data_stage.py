@@ -47,7 +47,9 @@ def _latest_materialization(runner, asset: str) -> dict:
 def test_data_stage_groups_exif_bursts_and_says_so(tmp_path, instance_home):
     root = tmp_path / "photos"
     truth = write_burst_dataset(root, cameras=3, bursts_per_camera=3, frames=3)
-    write_md_json(root / "md.json", [{"file": rel, "detections": []} for rel in truth])
+    # Windows separators, and one entry for an image that is not in labels.csv
+    entries = [{"file": rel.replace("/", "\\"), "detections": []} for rel in truth]
+    write_md_json(root / "md.json", entries + [{"file": "cam9\\IMG_9999.JPG", "detections": []}])
     params = {
         "data": {"layout": "zamba", "root": "photos", "detections": "photos/md.json"},
         "crops": {"thresholds": [0.05], "image_size": 16},
@@ -62,6 +64,11 @@ def test_data_stage_groups_exif_bursts_and_says_so(tmp_path, instance_home):
     assert any("folds grouped by burst: 9 groups" in line for line in lines), lines
     meta = _latest_materialization(runner, "folds")
     assert meta["group_by"] == "burst" and meta["n_groups"] == 9 and meta["grouping_warning"] == ""
+    detections = _latest_materialization(runner, "detections")
+    assert detections["unmatched_json_entries"] == 1 and "IMG_9999" in detections["unmatched_examples"]
+    assert detections["images_by_status"] == {"ok": 27}
+    listed = json.loads(runner.plan.detections_summary_path.read_text())["unmatched_entries"]
+    assert listed == [{"file": "cam9\\IMG_9999.JPG", "reason": "no manifest image has this path"}]
     check = runner.instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("folds"), "folds_keep_groups_together")]
     )[dg.AssetCheckKey(dg.AssetKey("folds"), "folds_keep_groups_together")]
