@@ -95,6 +95,11 @@ class CropConfig(_Strict):
 class FoldConfig(_Strict):
     k: int = 3
     seed: int = 0
+    # What a fold group is (groups never span folds): auto = site when the train split has >= k sites,
+    # else the layout's sequence ids, else EXIF bursts, else single images (with a warning).
+    group_by: Literal["auto", "site", "sequence", "burst", "image"] = "auto"
+    # Frames of one folder/camera at most this many seconds apart are one burst (group_by burst/auto).
+    burst_gap_s: float = Field(60.0, gt=0)
 
     @field_validator("k")
     @classmethod
@@ -261,6 +266,11 @@ class Plan(_Strict):
     @property
     def folds_path(self) -> Path:
         return self.work / "folds.parquet"
+
+    @property
+    def folds_summary_path(self) -> Path:
+        """How the folds were grouped (group_by chosen, number of groups, fallback warning)."""
+        return self.work / "folds.json"
 
     def crops_dir(self, threshold: float | str) -> Path:
         key = threshold if isinstance(threshold, str) else threshold_key(threshold)

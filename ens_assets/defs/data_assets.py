@@ -1,4 +1,4 @@
-"""Data stage: source images -> manifest -> detections -> crops per threshold, and folds by site."""
+"""Data stage: source images -> manifest -> detections -> crops per threshold, and folds grouped by site, sequence or burst."""
 
 
 import polars as pl
@@ -100,18 +100,30 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
 
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
-        """k folds by StratifiedGroupKFold over camera sites, so no site is in two folds."""
-        from ens_assets.data.folds import assign_folds
+        """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
+        from ens_assets.atomic import write_json
+        from ens_assets.data.folds import make_folds
 
         plan = plan_resource.load()
-        frame = assign_folds(pl.read_parquet(plan.manifest_path), plan.folds.k, plan.folds.seed)
+        frame, grouping = make_folds(pl.read_parquet(plan.manifest_path), plan.folds)
         write_parquet(plan.folds_path, frame)
+        write_json(plan.folds_summary_path, grouping.as_dict())
+        if grouping.warning:
+            context.log.warning(grouping.warning)
         per_fold = frame.group_by("fold").agg(
-            pl.len().alias("images"), pl.col("site").n_unique().alias("sites"), pl.col("label").n_unique().alias("classes")
+            pl.len().alias("images"),
+            pl.col("group").n_unique().alias("groups"),
+            pl.col("site").n_unique().alias("sites"),
+            pl.col("label").n_unique().alias("classes"),
         ).sort("fold")
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.folds_path)),
+                "group_by": grouping.group_by,
+                "group_by_requested": grouping.requested,
+                "n_groups": grouping.n_groups,
+                "grouping_reason": grouping.reason,
+                "grouping_warning": grouping.warning or "",
                 "per_fold": dg.MetadataValue.md(frame_markdown(per_fold)),
             }
         )
