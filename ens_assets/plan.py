@@ -193,6 +193,8 @@ class TrackingConfig(_Strict):
     experiment: str = "ens-assets"
     # Used when MLFLOW_TRACKING_URI is not set; relative to params.yaml's folder.
     default_store: str = "mlruns.db"
+    # Where a browser opens that store's runs (`make mlflow-ui`); an http(s) tracking URI is its own UI.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class ScheduleConfig(_Strict):
