@@ -275,3 +275,18 @@ def test_hub_downloads_when_online_and_never_forces_offline(tmp_path, monkeypatc
     with pytest.raises(ModelError):
         create_member_model("test_resnet", 4, "cache")
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_plan_names_an_unusable_pretrained_source(tmp_path):
+    from ens_assets.plan import PlanError
+    from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+
+    raw = tiny_plan_dict()
+    raw["members"][0]["pretrained"] = "package:no_such_weights_pkg"
+    with pytest.raises(PlanError, match=r"members\[0\]\.pretrained 'package:no_such_weights_pkg'.*not installed"):
+        make_tiny_plan(tmp_path, raw)
+    raw["members"][0]["pretrained"] = "imagenet"
+    with pytest.raises(PlanError, match="package:<module>.*file:<path>.*cache.*hub"):
+        make_tiny_plan(tmp_path, raw)
+    raw["members"][0]["pretrained"] = "hub"
+    assert make_tiny_plan(tmp_path, raw).members[0].pretrained == "hub"
