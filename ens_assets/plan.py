@@ -78,6 +78,17 @@ class CropConfig(_Strict):
     min_size_px: int = Field(8, ge=1)
     image_size: int = Field(64, ge=16)
     workers: int = 0  # 0 = all cores
+    # Detector categories cropped as the subject (MegaDetector: animal, person, vehicle). Only animals by
+    # default: a person or vehicle box is never cropped as an animal (such frames fall back to the full frame).
+    categories: tuple[str, ...] = ("animal",)
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(str(v).strip().lower() for v in value))
+        if not names or "" in names:
+            raise ValueError("list at least one detector category to crop, e.g. [animal]")
+        return names
 
     @field_validator("thresholds")
     @classmethod
@@ -95,6 +106,11 @@ class CropConfig(_Strict):
 class FoldConfig(_Strict):
     k: int = 3
     seed: int = 0
+    # What a fold group is (groups never span folds): auto = site when the train split has >= k sites,
+    # else the layout's sequence ids, else EXIF bursts, else single images (with a warning).
+    group_by: Literal["auto", "site", "sequence", "burst", "image"] = "auto"
+    # Frames of one folder/camera at most this many seconds apart are one burst (group_by burst/auto).
+    burst_gap_s: float = Field(60.0, gt=0)
 
     @field_validator("k")
     @classmethod
@@ -178,6 +194,8 @@ class TrackingConfig(_Strict):
     experiment: str = "ens-assets"
     # Used when MLFLOW_TRACKING_URI is not set; relative to params.yaml's folder.
     default_store: str = "mlruns.db"
+    # Where a browser opens that store's runs (`make mlflow-ui`); an http(s) tracking URI is its own UI.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class ScheduleConfig(_Strict):
@@ -258,8 +276,18 @@ class Plan(_Strict):
         return self.work / "detections.parquet"
 
     @property
+    def detections_summary_path(self) -> Path:
+        """Detections file version, images per status, JSON entries that matched no image."""
+        return self.work / "detections.json"
+
+    @property
     def folds_path(self) -> Path:
         return self.work / "folds.parquet"
+
+    @property
+    def folds_summary_path(self) -> Path:
+        """How the folds were grouped (group_by chosen, number of groups, fallback warning)."""
+        return self.work / "folds.json"
 
     def crops_dir(self, threshold: float | str) -> Path:
         key = threshold if isinstance(threshold, str) else threshold_key(threshold)

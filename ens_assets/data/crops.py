@@ -123,10 +123,12 @@ def _process_chunk(args: tuple[list[_Job], _Settings]):
     return array, rows, quarantine
 
 
-def _jobs(manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float) -> list[_Job]:
+def _jobs(
+    manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)
+) -> list[_Job]:
     usable = detections.filter(
         (pl.col("status") == "ok")
-        & (pl.col("category") == "animal")
+        & pl.col("category").is_in(list(categories))
         & pl.col("problem").is_null()
         & (pl.col("conf") >= threshold)
     ).sort(["image_id", "conf"], descending=[False, True])
@@ -176,7 +178,7 @@ def build_crop_cache(
     """
     out_dir = Path(out_dir)
     settings = _Settings(cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top")
-    jobs = _jobs(manifest, detections, threshold)
+    jobs = _jobs(manifest, detections, threshold, cfg.categories)
     n_workers = _resolve_workers(workers, cfg)
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]

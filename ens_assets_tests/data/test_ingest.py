@@ -202,3 +202,15 @@ def test_missing_image_file_is_not_a_manifest_error(small_demo, tmp_path):
     first.unlink()
     manifest = ingest_conservision(root)
     assert manifest.height == 40 and manifest.filter(pl.col("path") == str(first)).height == 1
+
+
+def test_labels_in_nfc_find_a_file_named_in_nfd(tmp_path):
+    import unicodedata
+
+    from .exif_photos import write_photo
+
+    nfd = unicodedata.normalize("NFD", "Forêt/chevreuil_été.jpg")
+    write_photo(tmp_path / nfd, 0)
+    (tmp_path / "labels.csv").write_text(f"filepath,label\n{unicodedata.normalize('NFC', 'Forêt/chevreuil_été.jpg')},deer\n")
+    manifest = ingest_zamba(tmp_path)
+    assert Path(manifest["path"][0]).is_file()
