@@ -198,8 +198,9 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
         data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
-        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
-        write_scored_images(out_dir, train_part)
+        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key,
+                                      log=log, train_groups=train_part["image_id"].to_numpy())
+        write_scored_images(out_dir, train_part[outcome.extra.pop("scored_rows").tolist()])
     else:
         outcome = train_member_model(
             member.backbone, len(classes), *fold_arrays,
