@@ -181,6 +181,7 @@ def subset_metrics(report: dict[str, Any]) -> dict[str, float]:
         "subset_scores_cached": float(report["scores_cached"]),
         "subset_scores_wall_s": float(report["scores_wall_s"]),
         "subset_final_val_loss_crops": float(report["final_val_loss"]),
+        "subset_selection_crops": float(report.get("num_selection_images", 0)),
     }
     for phase in report["phases"]:
         prefix = f"subset_p{phase['phase']}"
