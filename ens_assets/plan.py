@@ -72,6 +72,16 @@ class DataConfig(_Strict):
     # imagefolder, coco). Conser-vision and the demo bring their own test split.
     test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     max_image_pixels: int = 40_000_000
+    # Bad label rows (empty label, duplicate path, path outside the root, ...) are quarantined with the
+    # reason; strict: true stops the manifest at the first one instead.
+    strict: bool = False
+    # Text encoding of label CSVs; None = UTF-8, falling back to cp1252/latin-1 with a note.
+    encoding: str | None = None
+    # Train classes with fewer images than this are dropped (quarantined) or merged (small_classes);
+    # 0 keeps every class (classes with fewer images than folds.k are reported either way).
+    min_class_images: int = Field(0, ge=0)
+    small_classes: Literal["drop", "merge"] = "drop"
+    merged_class: str = "other"
     demo: DemoConfig = DemoConfig()
 
 
@@ -329,6 +339,16 @@ class Plan(_Strict):
     @property
     def detections_path(self) -> Path:
         return self.work / "detections.parquet"
+
+    @property
+    def manifest_quarantine_path(self) -> Path:
+        """Label rows that could not be used, with the reason (QUARANTINE_SCHEMA)."""
+        return self.work / "manifest_quarantine.parquet"
+
+    @property
+    def manifest_report_path(self) -> Path:
+        """Counts, quarantined label rows by reason, small classes, encoding notes (for check and the CLI)."""
+        return self.work / "manifest.json"
 
     @property
     def detections_summary_path(self) -> Path:
