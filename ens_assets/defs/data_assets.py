@@ -58,14 +58,17 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
         from ens_assets.atomic import write_json
-        from ens_assets.data.detections import detector_from_megadetector, read_detections
+        from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
 
         plan = plan_resource.load()
         frame_manifest = pl.read_parquet(plan.manifest_path)
-        if plan.data.detections:
-            json_path = plan.path(plan.data.detections)
-        else:
-            json_path = detector_from_megadetector(frame_manifest, plan)
+        if plan.detection_source == "none":
+            frame = no_detector_table(frame_manifest)
+            write_parquet(plan.detections_path, frame)
+            write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
+            context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
+            return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
+        json_path = resolve_detections_json(plan, frame_manifest)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
         write_parquet(plan.detections_path, frame)
@@ -94,15 +97,15 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
 
     @dg.asset(group_name="data", deps=[detections], partitions_def=threshold_partitions(plan), kinds={"numpy"})
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
-        """Square crops of animals at one detector-confidence threshold, cached as a uint8 memmap."""
+        """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
+        cached as a uint8 memmap."""
         from ens_assets.data.crops import build_crop_cache
 
         plan = plan_resource.load()
-        threshold = float(context.partition_key)
         summary = build_crop_cache(
             pl.read_parquet(plan.manifest_path),
             pl.read_parquet(plan.detections_path),
-            threshold,
+            context.partition_key,
             plan.crop_settings,  # at the largest member image size
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
