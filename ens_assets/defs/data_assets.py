@@ -137,7 +137,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             pl.read_parquet(plan.manifest_path),
             pl.read_parquet(plan.detections_path),
             context.partition_key,
-            plan.crops,
+            plan.crop_settings,  # at the largest member image size
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
             max_pixels=plan.data.max_image_pixels,
