@@ -39,6 +39,7 @@ def build_ensemble_assets(
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
         context.log.info(result.test_split_note)
+        run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
@@ -52,6 +53,7 @@ def build_ensemble_assets(
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
                 "mlflow_run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(run_page),
                 **table_metadata(_headline(result.scores)),
             }
         )
@@ -102,3 +104,14 @@ def _headline(scores) -> dict[str, float]:
             out[f"{row['name']}/log_loss"] = float(row["log_loss"])
             out[f"{row['name']}/accuracy"] = float(row["accuracy"])
     return out
+
+
+def _mlflow_run_page(plan: Plan, tracking_uri: str, run_id: str) -> str:
+    """The ensemble run's page in the MLflow UI (an http address, like the checkpoints' links)."""
+    from mlflow import MlflowClient
+
+    from ens_assets.mlflow_store import run_url
+    from ens_assets.training.tracking import ui_address
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+    return run_url(ui_address(plan, tracking_uri), experiment, run_id)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from ens_assets import mlflow_store
 from ens_assets.atomic import atomic_path, write_bytes, write_json, write_parquet, write_text
 from ens_assets.ensemble.combiners import METHODS, combiner_from_spec
 from ens_assets.ensemble.compute import accuracy_vs_compute
@@ -203,18 +204,6 @@ def _metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
-def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):
-        # Keep artifacts beside the database, not in whatever folder the process happens to run in.
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifact_location)
-
-
 def log_ensemble_to_mlflow(
     result: EnsembleResult,
     diagnostics: DiagnosticsResult | None,
@@ -240,7 +229,7 @@ def log_ensemble_to_mlflow(
                      + [f"- `{m}`: run `{member_run_ids.get(m, 'unknown')}`" for m in members])
     tags = {"ens_assets.kind": "ensemble", "ens_assets.method": spec["method"], "mlflow.note.content": note}
     tags.update({f"member_run.{_metric_key(m)}": rid for m, rid in member_run_ids.items() if rid})
-    run = client.create_run(_experiment_id(client, experiment, uri), run_name=f"ensemble-{spec['method']}",
+    run = client.create_run(mlflow_store.experiment_id(client, uri, experiment), run_name=f"ensemble-{spec['method']}",
                             tags=tags)
     run_id = run.info.run_id
     try:
