@@ -182,11 +182,18 @@ class Member(_Strict):
 
 
 class EnsembleConfig(_Strict):
-    method: Literal["mean", "geometric", "weighted", "greedy", "per_class", "stacking"] = "greedy"
+    # auto: the method with the best nested OOF log loss, chosen inside the outer folds (scoring.AUTO).
+    method: Literal["auto", "mean", "geometric", "weighted", "greedy", "per_class", "stacking"] = "greedy"
     greedy_rounds: int = Field(25, ge=1)
     fail_recall: float = Field(0.3, ge=0, le=1)  # a class below this recall "fails" for a member
     win_margin: float = Field(0.2, ge=0, le=1)  # single-win: one member above others by this much
     top_confusions: int = Field(3, ge=1)
+    # Temperature-scale the submission with the temperature fitted on the ensemble's nested OOF predictions.
+    calibrate: bool = True
+    # Bootstrap replicates (resampling sites) behind every interval in the ensemble table and the report.
+    bootstrap_replicates: int = Field(200, ge=20)
+    # The morning report proposes dropping a member whose weight was zero this many nights in a row.
+    drop_after_nights: int = Field(3, ge=1)
 
 
 class PromotionConfig(_Strict):

@@ -33,7 +33,7 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision",
+            submission_format="conservision", groups=image_sites(plan),
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
@@ -45,6 +45,8 @@ def build_ensemble_assets(
         return dg.MaterializeResult(
             metadata={
                 "method": plan.ensemble.method,
+                "fitted_method": result.spec["method"],
+                "temperature": result.spec["temperature"],
                 "members": dg.MetadataValue.json(result.spec),
                 "excluded_members": dg.MetadataValue.json(outputs.excluded),
                 "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
@@ -65,14 +67,18 @@ def build_ensemble_assets(
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
         import json
 
-        from ens_assets.ensemble.build import build_diagnostics
+        import polars as pl
+
+        from ens_assets.ensemble.build import NESTED_OOF_FILE, build_diagnostics
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
-        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
+        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
+                                        nested_oof=nested_oof)
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -94,6 +100,18 @@ def build_ensemble_assets(
         )
 
     return [ensemble, ensemble_diagnostics]
+
+
+def image_sites(plan: Plan) -> dict[str, str] | None:
+    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
+    import polars as pl
+
+    if not plan.folds_path.is_file():
+        return None
+    folds = pl.read_parquet(plan.folds_path)
+    if "site" not in folds.columns or folds["site"].null_count():
+        return None
+    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
 def _headline(scores) -> dict[str, float]:
