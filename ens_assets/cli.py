@@ -4,7 +4,10 @@ one history.
 
     ens-assets check                 validate params.yaml
     ens-assets materialize STAGE     data | crops | train | predict | ensemble | all
-    ens-assets demo                  everything, then where to look
+    ens-assets demo                  everything, then where to look and the morning report (short)
+    ens-assets report [--date D]     the morning report of a date (asset morning_report)
+    ens-assets promote MEMBER        stage: cv for MEMBER in params.yaml (comments kept, validated)
+    ens-assets apply-proposals       the latest report's proposals as a diff; --yes writes params.yaml
 """
 
 from __future__ import annotations
@@ -93,13 +96,13 @@ class StageRunner:
         self.gate_failures: list[str] = []
         self.step_seconds: dict[str, float] = {}
 
-    def _run(self, job: str, partition_key=None, label: str = "") -> bool:
+    def _run(self, job: str, partition_key=None, label: str = "", tags: dict[str, str] | None = None) -> bool:
         started = time.perf_counter()
         result = self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
             partition_key=partition_key,
             raise_on_error=False,
-            tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid())},
+            tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid()), **(tags or {})},
             # INFO keeps the per-epoch progress lines; DEBUG engine events would bury the stage summary.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
@@ -149,13 +152,33 @@ class StageRunner:
             verdict = read_verdict(self.plan.checkpoint_dir(member.key, SMOKE_FOLD))
             if verdict is not None and not verdict.passed:
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
+        promoted = self._promote_auto_members()
         for member in self.plan.members:
             for fold in self.plan.checkpoint_folds(member)[1:]:
                 problem = cv_gate_problem(self.plan, member.key, fold)
                 if problem:
                     self.out(f"  [skip] {member.key} fold {fold}: {problem}")
                     break
-                self._run("checkpoints_job", checkpoint_key(member.key, fold), f"checkpoint {member.key} fold {fold}")
+                self._run("checkpoints_job", checkpoint_key(member.key, fold), f"checkpoint {member.key} fold {fold}",
+                          tags=promoted.get(member.key))
+
+    def _promote_auto_members(self) -> dict[str, dict[str, str]]:
+        """stage: auto members whose smoke passed go to cv in params.yaml (what the sensor does under the daemon);
+        returns the run tags recording each decision."""
+        from ens_assets.defs.build import build_definitions
+        from ens_assets.plan import load_plan
+        from ens_assets.promotion import promote_passed_auto_members
+
+        decisions = promote_passed_auto_members(self.params, by="ens-assets train (CLI)")
+        for d in decisions:
+            self.out(f"  [promoted] {d['member']} -> cv in {self.params} ({d['reason']})")
+        if decisions:
+            import dagster as dg
+
+            self.plan = load_plan(self.params)
+            self.defs = build_definitions(self.params, executor=dg.in_process_executor)
+        return {d["member"]: {"ens_assets/promoted": d["member"], "ens_assets/promotion_reason": d["reason"][:200],
+                              "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
     def predict(self) -> None:
         from ens_assets.member_outputs import checkpoints_complete
@@ -173,6 +196,16 @@ class StageRunner:
         self.out(f"ensemble: {self.plan.ensemble.method} combiner, honest scores, diagnostics")
         if self._run("ensemble_job"):
             self.out(f"      {_test_split_line(self.plan)}")
+
+    def report(self, date: str | None = None) -> Path | None:
+        """Materialize the morning report of `date` (default: today in the plan's timezone); its report.md."""
+        from ens_assets.morning_report import REPORT_FILE, reports_dir
+
+        date = date or report_date(self.plan)
+        self.out(f"report: the morning report of {date}")
+        if not self._run("report_job", date, f"morning report {date}"):
+            return None
+        return reports_dir(self.plan) / date / REPORT_FILE
 
     def run(self, stages) -> int:
         for stage in stages:
@@ -194,13 +227,77 @@ def _test_split_line(plan) -> str:
     return f"test split: {n} images (submission.csv)" if n else NO_TEST_SPLIT
 
 
+def report_date(plan) -> str:
+    import datetime
+    import zoneinfo
+
+    return datetime.datetime.now(zoneinfo.ZoneInfo(plan.schedules.timezone)).date().isoformat()
+
+
+def _print_short_report(plan, out=print) -> None:
+    import json
+
+    from ens_assets.morning_report import SUMMARY_FILE, reports_dir
+
+    summary = reports_dir(plan) / report_date(plan) / SUMMARY_FILE
+    if summary.is_file():
+        out("\n=== morning report (short; full: ens-assets report, or the morning_report asset in the UI) ===")
+        out(json.loads(summary.read_text())["short"])
+
+
+def _params_diff(params: Path, old: str, new: str) -> str:
+    import difflib
+
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), fromfile=f"{params} (before)",
+                                        tofile=f"{params} (after)"))
+
+
+def _edit_command(args) -> int:
+    from ens_assets.params_edit import EditError, apply_proposals, promote_member
+
+    try:
+        if args.command == "promote":
+            from ens_assets.plan import load_plan
+            from ens_assets.promotion import record_promotion
+
+            old = args.params.read_text()
+            promote_member(args.params, args.member)
+            record_promotion(load_plan(args.params), args.member, "promoted by hand", by="ens-assets promote")
+            print(_params_diff(args.params, old, args.params.read_text()) or f"{args.member} is already at stage cv")
+            return 0
+        from ens_assets.morning_report import latest_proposals
+        from ens_assets.plan import load_plan
+
+        date, proposals = latest_proposals(load_plan(args.params))
+        if not proposals:
+            print(f"the morning report of {date} has no proposals")
+            return 0
+        print(f"proposals of the morning report of {date}:")
+        for i, p in enumerate(proposals, 1):
+            print(f"  {i}. {p['text']}")
+        old = args.params.read_text()
+        print(_params_diff(args.params, old, apply_proposals(args.params, proposals, write=args.yes)))
+        if args.yes:
+            print(f"applied to {args.params} (validated as a plan; comments and order kept)")
+        if not args.yes:
+            print("dry run: nothing written; add --yes to apply")
+        return 0
+    except (EditError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _print_where_to_look(plan, out=print) -> None:
     import polars as pl
 
     scores_path = plan.ensemble_dir / "scores.parquet"
     out("\n=== ensemble vs members (honest, nested-by-fold OOF scores) ===")
     if scores_path.is_file():
-        scores = pl.read_parquet(scores_path).select("name", "kind", "log_loss", "accuracy", "in_sample_log_loss", "nested")
+        table = pl.read_parquet(scores_path)
+        ci = [pl.format("[{}, {}]", pl.col(f"{c}_lo").round(3), pl.col(f"{c}_hi").round(3)).alias(f"{c} 95%")
+              for c in ("log_loss", "accuracy") if f"{c}_lo" in table.columns]
+        extra = [c for c in ("calibrated_log_loss", "better_than_best") if c in table.columns]
+        scores = table.select("name", "kind", "log_loss", *ci[:1], "accuracy", *ci[1:], *extra, "in_sample_log_loss", "nested")
         with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4, tbl_hide_dataframe_shape=True):
             out(str(scores))
     roadmap = plan.diagnostics_dir / "roadmap.md"
@@ -228,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     materialize = sub.add_parser("materialize", parents=[after], help="run one stage's assets through Dagster")
     materialize.add_argument("stage", choices=[*STAGES, "all"])
     sub.add_parser("demo", parents=[after], help="run every stage on the plan, then print where to look")
+    report = sub.add_parser("report", parents=[after], help="make and print the morning report (Dagster asset morning_report)")
+    report.add_argument("--date", default=None, help="report partition YYYY-MM-DD (default: today in schedules.timezone)")
+    promote = sub.add_parser("promote", parents=[after], help="set stage: cv for MEMBER in params.yaml (comments kept)")
+    promote.add_argument("member")
+    apply = sub.add_parser("apply-proposals", parents=[after], help="apply the latest morning report's proposals to params.yaml")
+    apply.add_argument("--yes", action="store_true", help="write params.yaml (default: show the diff only)")
     args = parser.parse_args(argv)
 
     from ens_assets.plan import PlanError, load_plan
@@ -246,13 +349,24 @@ def main(argv: list[str] | None = None) -> int:
         instance = _instance()
         print(f"instance {os.environ['DAGSTER_HOME']}: pool limits {instance.event_log_storage.get_concurrency_keys()}")
         return 0
+    if args.command in ("promote", "apply-proposals"):
+        return _edit_command(args)
     runner = StageRunner(args.params)
+    if args.command == "report":
+        path = runner.report(args.date)
+        if path is None or not path.is_file():
+            print("error: the morning report failed (see above)", file=sys.stderr)
+            return 1
+        print(path.read_text())
+        return 0
     stages = STAGES if args.command == "demo" or args.stage == "all" else (args.stage,)
+    stages = (*stages, "report") if args.command == "demo" else stages
     started = time.perf_counter()
     code = runner.run(stages)
     print(f"\nfinished in {time.perf_counter() - started:.0f}s")
     if args.command == "demo":
         _print_where_to_look(plan)
+        _print_short_report(plan)
     return code
 
 

@@ -27,7 +27,8 @@ CLASSES_CONSERVISION = (
     "rodent",
 )
 
-Stage = Literal["smoke", "cv"]
+# auto: like smoke until its smoke gate passes, then promoted to cv without a hand edit (a sensor, or the CLI).
+Stage = Literal["smoke", "cv", "auto"]
 # The fold key of a member's smoke run: fold 0's split at the smoke budget, trained before any cv fold.
 SMOKE_FOLD = "smoke"
 SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
@@ -434,17 +435,17 @@ class Plan(_Strict):
 
     def budget(self, member: Member | str) -> Budget:
         m = self.member(member) if isinstance(member, str) else member
-        return self.training.smoke if m.stage == "smoke" else self.training.cv
+        return self.training.cv if m.stage == "cv" else self.training.smoke
 
     def checkpoint_folds(self, member: Member | str) -> list[str]:
         """Checkpoint partitions a member may run now: 'smoke' always, the k folds once promoted to cv."""
         m = self.member(member) if isinstance(member, str) else member
-        return [SMOKE_FOLD] if m.stage == "smoke" else [SMOKE_FOLD, *self.fold_keys]
+        return [SMOKE_FOLD, *self.fold_keys] if m.stage == "cv" else [SMOKE_FOLD]
 
     def prediction_folds(self, member: Member | str) -> list[str]:
         """Checkpoints a member's OOF/test predictions come from: its k folds at cv, its smoke run before."""
         m = self.member(member) if isinstance(member, str) else member
-        return [SMOKE_FOLD] if m.stage == "smoke" else list(self.fold_keys)
+        return list(self.fold_keys) if m.stage == "cv" else [SMOKE_FOLD]
 
     def budget_for_fold(self, fold: int | str) -> Budget:
         return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv

@@ -80,8 +80,8 @@ def cv_gate_problem(plan, member_key: str, fold: str) -> str | None:
     member = plan.member(member_key)
     if member.stage != "cv":
         return (
-            f"{member_key} is at stage 'smoke': fold {fold} runs only after promotion. Check its smoke "
-            f"checkpoint, then set stage: cv for it in params.yaml"
+            f"{member_key} is at stage '{member.stage}': fold {fold} runs only after promotion. Check its smoke "
+            f"checkpoint, then `ens-assets promote {member_key}` (or stage: auto promotes it once smoke passes)"
         )
     verdict = read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD))
     if verdict is None:
@@ -89,3 +89,45 @@ def cv_gate_problem(plan, member_key: str, fold: str) -> str | None:
     if not verdict.passed:
         return f"{member_key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
     return None
+
+
+PROMOTIONS_LOG = "promotions.jsonl"  # under plan.work: one line per stage:auto promotion, read by the report
+
+
+def smoke_summary(verdict: SmokeVerdict, n_classes: int) -> str:
+    acc = float(verdict.metrics.get("val_accuracy", 0.0))
+    return f"acc {acc:.2f}, {acc * n_classes:.1f}x chance"
+
+
+def record_promotion(plan, member: str, reason: str, by: str) -> dict[str, Any]:
+    """Append a promotion decision to the log the morning report reads (a decision is never silent)."""
+    import json
+    import time
+
+    entry = {"member": member, "reason": reason, "by": by, "unix": time.time()}
+    log = plan.work / PROMOTIONS_LOG
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:  # one short line per append; a torn last line is skipped when read
+        fh.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def promote_passed_auto_members(params_path, by: str) -> list[dict[str, Any]]:
+    """Promote every `stage: auto` member whose smoke gate passed to cv in params.yaml; return the decisions."""
+    from ens_assets.params_edit import promote_member
+    from ens_assets.plan import SMOKE_FOLD, load_plan
+    from ens_assets.training.checkpoint import read_sidecar
+
+    plan = load_plan(params_path)
+    decisions = []
+    for member in plan.members:
+        if member.stage != "auto":
+            continue
+        sidecar = read_sidecar(plan.checkpoint_dir(member.key, SMOKE_FOLD)) or {}
+        verdict = read_verdict(plan.checkpoint_dir(member.key, SMOKE_FOLD))
+        if verdict is None or not verdict.passed:
+            continue
+        reason = f"smoke passed: {smoke_summary(verdict, len(sidecar.get('classes') or []) or 1)}"
+        promote_member(params_path, member.key)
+        decisions.append(record_promotion(plan, member.key, reason, by))
+    return decisions

@@ -160,7 +160,10 @@ def build_ensemble(
            "flops_per_image": int(compute.filter(pl.col("name") == cfg.method)["flops_per_image"][0])},
         "best_member": {k: best[k] for k in interval_keys} | {"name": best["members_used"],
                         "flops_per_image": member_flops[best["members_used"]]},
-        "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"]} for m in methods},
+        "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"],
+                        "log_loss_lo": rows[m]["log_loss_lo"], "log_loss_hi": rows[m]["log_loss_hi"],
+                        # Paired with the configured method on the same images and bootstrap draws.
+                        **_paired_vs(scored, stack.y, m, cfg.method)} for m in methods},
         "test_split": {"images": n_test},
     }
 
@@ -296,6 +299,14 @@ def log_ensemble_to_mlflow(
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _paired_vs(scored, y: np.ndarray, method: str, reference: str) -> dict[str, float]:
+    from ens_assets.ensemble.intervals import image_log_losses
+
+    delta = scored.resampler.paired(image_log_losses(scored.nested_probs[method], y),
+                                    image_log_losses(scored.nested_probs[reference], y))
+    return {"delta_vs_configured": delta.value, "delta_lo": delta.lo, "delta_hi": delta.hi}
 
 
 def _nested_oof_table(stack, sites, ensemble_probs: np.ndarray, calibrated_probs: np.ndarray,

@@ -91,7 +91,7 @@ def _member_and_fold(plan: Plan, member_key: str, fold: int | str) -> tuple[Memb
     fold_key = str(fold)
     allowed = plan.checkpoint_folds(member)
     if fold_key not in allowed:
-        if member.stage == "smoke" and fold_key in plan.fold_keys:
+        if member.stage != "cv" and fold_key in plan.fold_keys:
             raise PlanError(
                 f"{member_key} is at stage 'smoke', which trains only partition '{SMOKE_FOLD}' (fold 0's split at the "
                 f"smoke budget). To train fold {fold_key}, once its smoke run passed, promote it to stage: cv in params.yaml"

@@ -57,10 +57,11 @@ def test_upstream_selection_reaches_every_asset(defs: dg.Definitions) -> None:
 def test_selection_with_attributes_and_operators(defs: dg.Definitions) -> None:
     assert _resolve(defs, "group:training") == {"checkpoints", "oof_predictions", "test_predictions"}
     # In the key: syntax a bare + is unbounded and +1 is one layer (the legacy "+name" form is one layer).
-    assert _resolve(defs, "key:checkpoints+") == {"checkpoints", "oof_predictions", "test_predictions", "ensemble", "ensemble_diagnostics"}
+    assert _resolve(defs, "key:checkpoints+") == {"checkpoints", "oof_predictions", "test_predictions", "ensemble",
+                                                  "ensemble_diagnostics", "morning_report"}
     assert _resolve(defs, "key:checkpoints+1 and not key:test_predictions") == {"checkpoints", "oof_predictions"}
     assert _resolve(defs, "1+key:checkpoints") == {"crops", "folds", "checkpoints"}
-    assert _resolve(defs, "kind:mlflow") == {"checkpoints", "ensemble"}
+    assert _resolve(defs, "kind:mlflow") == {"checkpoints", "ensemble", "morning_report"}
 
 
 def test_asset_job_defined_by_a_selection_string_resolves(defs: dg.Definitions) -> None:
@@ -87,4 +88,4 @@ def test_cli_parses_a_selection_string() -> None:
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert set(done.stdout.split()) == {"crops", "folds", "checkpoints", "ensemble", "ensemble_diagnostics"}
+    assert set(done.stdout.split()) == {"crops", "folds", "checkpoints", "ensemble", "ensemble_diagnostics", "morning_report"}
