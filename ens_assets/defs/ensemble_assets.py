@@ -43,16 +43,17 @@ def build_ensemble_assets(
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
+                **table_metadata(_headline(result.scores)),
                 "method": plan.ensemble.method,
-                "members": dg.MetadataValue.json(result.spec),
-                "excluded_members": dg.MetadataValue.json(outputs.excluded),
-                "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
-                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
+                "mlflow_run": dg.MetadataValue.url(run_page),
+                "members": dg.MetadataValue.md(frame_markdown(member_table(plan, result.spec, outputs.excluded))),
+                "honest_scores": dg.MetadataValue.md(frame_markdown(_for_people(result.scores))),
+                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(_for_people(result.compute))),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
+                "excluded_members": dg.MetadataValue.json(outputs.excluded),
+                "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "mlflow_run_id": run_id,
-                "mlflow_run": dg.MetadataValue.url(run_page),
-                **table_metadata(_headline(result.scores)),
             }
         )
 
@@ -92,6 +93,35 @@ def build_ensemble_assets(
         )
 
     return [ensemble, ensemble_diagnostics]
+
+
+def member_table(plan: Plan, spec: dict, excluded: dict[str, str]):
+    """Every member of the plan: which gate it passed, its weight, or why it is not in the ensemble."""
+    import polars as pl
+
+    from ens_assets.plan import SMOKE_FOLD
+    from ens_assets.promotion import read_verdict
+
+    weights = spec.get("weights", {})
+    rows = []
+    for m in plan.members:
+        verdict = read_verdict(plan.checkpoint_dir(m.key, SMOKE_FOLD))
+        gate = "not run" if verdict is None else ("passed" if verdict.passed else "FAILED")
+        if m.key in weights:
+            why = ""
+        elif verdict is not None and not verdict.passed:
+            why = "smoke gate failed: " + "; ".join(verdict.reasons)
+        else:
+            why = excluded.get(m.key, "")
+        rows.append({"member": m.key, "stage": m.stage, "smoke gate": gate,
+                     "weight": float(weights[m.key]) if m.key in weights else None, "why not in": why})  # fmt: skip
+    return pl.DataFrame(rows, schema={"member": pl.String, "stage": pl.String, "smoke gate": pl.String,
+                                      "weight": pl.Float64, "why not in": pl.String})  # fmt: skip
+
+
+def _for_people(frame):
+    """The columns a reader compares; flags the other columns already say (kind, nested) are dropped."""
+    return frame.drop([c for c in ("kind", "nested", "in_sample_accuracy") if c in frame.columns])
 
 
 def _headline(scores) -> dict[str, float]:
