@@ -8,8 +8,8 @@ crops.categories.
 
 Rows: status "ok" (one row per detection, or one row with null detection fields when nothing was
 detected), "failure" (MegaDetector could not process the image; one row, `failure` holds its
-message) or "not_in_json" (the image is missing from the file; one row). Both of the latter fall back
-to the full frame at crop time. A detection with an impossible value (bbox outside [0, 1], NaN
+message) or "not_in_json" (the image is missing from the file; one row); both of the latter fall back
+to the full frame at crop time. Without a detector every image has one "no_detector" row. A detection with an impossible value (bbox outside [0, 1], NaN
 confidence, unknown category) is kept with a `problem` and ignored for cropping.
 """
 
@@ -247,6 +247,16 @@ def load_detections(json_path: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     return read_detections(json_path, manifest).table
 
 
+def no_detector_table(manifest: pl.DataFrame) -> pl.DataFrame:
+    """The detections of a plan without a detector: one 'no_detector' row per image (whole frames)."""
+    return pl.DataFrame(
+        {"image_id": manifest["image_id"], "rel_path": manifest["rel_path"], "status": ["no_detector"] * manifest.height},
+        schema_overrides={"status": pl.String},
+    ).with_columns(
+        [pl.lit(None, dtype=dtype).alias(name) for name, dtype in DETECTIONS_SCHEMA.items() if name not in ("image_id", "rel_path", "status")]
+    ).select(list(DETECTIONS_SCHEMA))
+
+
 def max_detection_conf(detections: pl.DataFrame) -> pl.DataFrame:
     """Per image, the highest usable animal confidence (0 when none): what older MD files stored."""
     usable = (pl.col("category") == "animal") & pl.col("problem").is_null() & pl.col("conf").is_not_null()
@@ -287,7 +297,5 @@ def detector_from_megadetector(manifest: pl.DataFrame, plan: Plan, out_json: Pat
 
 
 def resolve_detections_json(plan: Plan, manifest: pl.DataFrame) -> Path:
-    """The plan's detections JSON: the configured file, or one MegaDetector writes into the workdir."""
-    if plan.data.detections:
-        return plan.path(plan.data.detections)
-    return detector_from_megadetector(manifest, plan)
+    """The plan's detections JSON: the configured (or demo) file, or one MegaDetector writes into the workdir."""
+    return plan.detections_json or detector_from_megadetector(manifest, plan)

@@ -33,11 +33,12 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision",
+            submission_format="conservision", groups=image_sites(plan),
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        context.log.info(result.test_split_note)
         run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
@@ -45,14 +46,17 @@ def build_ensemble_assets(
             metadata={
                 **table_metadata(_headline(result.scores)),
                 "method": plan.ensemble.method,
+                "fitted_method": result.spec["method"],
+                "temperature": result.spec["temperature"],
                 "mlflow_run": dg.MetadataValue.url(run_page),
                 "members": dg.MetadataValue.md(frame_markdown(member_table(plan, result.spec, outputs.excluded))),
-                "honest_scores": dg.MetadataValue.md(frame_markdown(_for_people(result.scores))),
+                "honest_scores": dg.MetadataValue.md(frame_markdown(scores_for_people(result.scores), max_columns=7)),
                 "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(_for_people(result.compute))),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "excluded_members": dg.MetadataValue.json(outputs.excluded),
                 "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
+                "test_split": dg.MetadataValue.text(result.test_split_note),
                 "mlflow_run_id": run_id,
             }
         )
@@ -64,14 +68,18 @@ def build_ensemble_assets(
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
         import json
 
-        from ens_assets.ensemble.build import build_diagnostics
+        import polars as pl
+
+        from ens_assets.ensemble.build import NESTED_OOF_FILE, build_diagnostics
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
-        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
+        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
+                                        nested_oof=nested_oof)
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -85,6 +93,8 @@ def build_ensemble_assets(
                 "per_class_recall": dg.MetadataValue.md(frame_markdown(diagnostics.recall)),
                 "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.pngs["recall_matrix"], "per-class recall")),
                 "confusions": dg.MetadataValue.md(png_markdown(diagnostics.pngs["confusion_grid"], "confusion matrices")),
+                **({"reliability": dg.MetadataValue.md(png_markdown(diagnostics.pngs["reliability"], "reliability diagram"))}
+                   if "reliability" in diagnostics.pngs else {}),  # fmt: skip
                 "all_fail_classes": dg.MetadataValue.json(diagnostics.all_fail),
                 "single_win_classes": dg.MetadataValue.json(diagnostics.single_win),
                 "drop_candidates": dg.MetadataValue.json(diagnostics.never_selected),
@@ -119,9 +129,45 @@ def member_table(plan: Plan, spec: dict, excluded: dict[str, str]):
                                       "weight": pl.Float64, "why not in": pl.String})  # fmt: skip
 
 
+def scores_for_people(scores):
+    """The honest-scores table narrow enough to read in the UI: each score with its interval in one cell."""
+    import polars as pl
+
+    def with_interval(value, lo, hi) -> str | None:
+        if value is None:
+            return None
+        return f"{value:.3f}" if lo is None or hi is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    columns = set(scores.columns)
+    rows = []
+    for r in scores.iter_rows(named=True):
+        row = {"name": r["name"], "log loss [95%]": with_interval(r["log_loss"], r.get("log_loss_lo"), r.get("log_loss_hi")),
+               "acc [95%]": with_interval(r["accuracy"], r.get("accuracy_lo"), r.get("accuracy_hi"))}  # fmt: skip
+        if "calibrated_log_loss" in columns:
+            row["calibrated"] = with_interval(r["calibrated_log_loss"], None, None)
+        if "delta_vs_best" in columns:
+            row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
+        row["members"] = r.get("members_used")
+        row["note"] = r.get("note")
+        rows.append(row)
+    return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]}) if rows else scores
+
+
 def _for_people(frame):
     """The columns a reader compares; flags the other columns already say (kind, nested) are dropped."""
     return frame.drop([c for c in ("kind", "nested", "in_sample_accuracy") if c in frame.columns])
+
+
+def image_sites(plan: Plan) -> dict[str, str] | None:
+    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
+    import polars as pl
+
+    if not plan.folds_path.is_file():
+        return None
+    folds = pl.read_parquet(plan.folds_path)
+    if "site" not in folds.columns or folds["site"].null_count():
+        return None
+    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
 def _headline(scores) -> dict[str, float]:

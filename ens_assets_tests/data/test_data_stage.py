@@ -75,3 +75,24 @@ def test_data_stage_groups_exif_bursts_and_says_so(tmp_path, instance_home):
     evaluation = check.event.dagster_event.event_specific_data
     assert evaluation.metadata["group_by"].value == "burst"
     assert evaluation.metadata["groups_in_several_folds"].value == []
+
+
+def test_no_detector_plan_runs_data_and_crops_through_dagster(tmp_path, instance_home):
+    """Pre-cropped or detector-less photos: no data.detections, members without a threshold."""
+    root = tmp_path / "photos"
+    truth = write_burst_dataset(root, cameras=2, bursts_per_camera=3, frames=2)
+    params = {
+        "data": {"layout": "zamba", "root": "photos"},
+        "crops": {"image_size": 16},
+        "folds": {"k": 2},
+        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
+        "workdir": "work",
+    }
+    runner, lines, code = _run_data_stage(tmp_path, params)
+    assert code == 0, "\n".join(lines)
+    assert runner.run(["crops"]) == 0, "\n".join(lines)
+    assert any("crops full" in line and "[ok]" in line for line in lines), lines
+    summary = json.loads((runner.plan.crops_dir("full") / "summary.json").read_text())
+    assert summary["n_images"] == len(truth) == summary["n_fallback_only"]
+    assert summary["detection_status"] == {"no_detector": len(truth)}
+    assert runner.instance.get_materialized_partitions(dg.AssetKey("crops")) == {"full"}

@@ -134,7 +134,7 @@ def test_test_site_fraction_holds_out_whole_sites(small_demo, tmp_path):
     root = _copy_demo(small_demo, tmp_path / "zamba")
     rows = _train_images(root)
     (root / "labels.csv").write_text("\n".join(["filepath,label,site"] + [f"images/{i}.jpg,{c},{s}" for i, c, s in rows]) + "\n")
-    raw = {"data": {"layout": "zamba", "root": str(root), "test_site_fraction": 0.3}, "members": MEMBERS}
+    raw = {"data": {"layout": "zamba", "root": str(root), "test_site_fraction": 0.3}, "members": [{"backbone": "test_resnet", "recipe": "geo"}]}
     manifest = load_manifest(plan_from_dict(raw, tmp_path, check_backbones=False))
     test_sites = set(manifest.filter(pl.col("split") == "test")["site"])
     train_sites = set(manifest.filter(pl.col("split") == "train")["site"])
