@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ens_assets.cli import STAGES, StageRunner
 from ens_assets.defs.partitions import checkpoint_key
@@ -241,10 +242,10 @@ def test_failed_smoke_gate_is_a_verdict_on_its_partition(materialized):
     # The check failed on that partition, and is evaluated on smoke partitions only.
     check_key = dg.AssetCheckKey(dg.AssetKey("checkpoints"), "smoke_gate")
     records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=100)
-    evaluated = {r.partition: r for r in records if r.status != dg.AssetCheckExecutionRecordStatus.PLANNED}
+    evaluated = {r.partition: r for r in records if r.status != AssetCheckExecutionRecordStatus.PLANNED}
     assert evaluated and all(p.split("|")[0] == "smoke" for p in evaluated), sorted(evaluated)
-    assert evaluated[smoke].status == dg.AssetCheckExecutionRecordStatus.FAILED
-    assert evaluated[str(checkpoint_key(GOOD_A, "smoke"))].status == dg.AssetCheckExecutionRecordStatus.SUCCEEDED
+    assert evaluated[smoke].status == AssetCheckExecutionRecordStatus.FAILED
+    assert evaluated[str(checkpoint_key(GOOD_A, "smoke"))].status == AssetCheckExecutionRecordStatus.SUCCEEDED
     assert reason in evaluated[smoke].event.dagster_event.event_specific_data.description
 
 
