@@ -9,6 +9,7 @@ from ens_assets.atomic import write_parquet
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.partitions import threshold_partitions
 from ens_assets.defs.resources import PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -40,6 +41,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[source_images], kinds={"polars"})
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
+        refuse_failed_inputs(context)
         from ens_assets.data.ingest import load_manifest, manifest_summary
 
         plan = plan_resource.load()
@@ -57,6 +59,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"polars"})
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
+        refuse_failed_inputs(context)
         from ens_assets.data.detections import detector_from_megadetector, load_detections
 
         plan = plan_resource.load()
@@ -81,6 +84,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[detections], partitions_def=threshold_partitions(plan), kinds={"numpy"})
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Square crops of animals at one detector-confidence threshold, cached as a uint8 memmap."""
+        refuse_failed_inputs(context)
         from ens_assets.data.crops import build_crop_cache
 
         plan = plan_resource.load()
@@ -101,6 +105,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """k folds by StratifiedGroupKFold over camera sites, so no site is in two folds."""
+        refuse_failed_inputs(context)
         from ens_assets.data.folds import assign_folds
 
         plan = plan_resource.load()
