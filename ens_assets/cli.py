@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import socket
 import sys
@@ -144,7 +145,11 @@ class StageRunner:
 
     def data(self) -> None:
         self.out("data: source images, manifest, detections, folds")
-        self._run("data_job", label="data")
+        if self._run("data_job", label="data") and self.plan.folds_summary_path.is_file():
+            grouping = json.loads(self.plan.folds_summary_path.read_text())
+            self.out(f"      folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})")
+            if grouping.get("warning"):
+                self.out(f"      warning: {grouping['warning']}")
 
     def crops(self) -> None:
         self.out(f"crops: thresholds {self.plan.threshold_keys}")

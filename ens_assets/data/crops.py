@@ -1,5 +1,6 @@
 """The crop cache of one detector threshold: every manifest image becomes detection crops, a
-full-frame fallback, or a quarantine row with a reason (nothing is dropped silently).
+full-frame fallback, or a quarantine row with a reason (nothing is dropped silently). Without a
+detector the one cache 'full' holds every image's whole frame, letterboxed to square.
 
 On disk (out_dir): images.npy (uint8 N x S x S x 3, memory-mappable), index.parquet (one row per
 crop), quarantine.parquet, summary.json. Built into a temp folder beside out_dir with all cores,
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
-from ens_assets.plan import CropConfig, DataConfig, threshold_key
+from ens_assets.plan import NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
 INDEX_SCHEMA = pl.Schema(
     {
@@ -41,6 +42,7 @@ INDEX_SCHEMA = pl.Schema(
 )
 QUARANTINE_SCHEMA = pl.Schema({"image_id": pl.String, "rel_path": pl.String, "split": pl.String, "reason": pl.String})
 _COPY_BLOCK_ROWS = 2048
+_LETTERBOX_FILL = (128, 128, 128)  # the grey images.py composites transparency onto
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class _Settings:
     min_size_px: int
     max_pixels: int
     top_only: bool
+    letterbox: bool = False  # whole frames padded to square (no detector) instead of stretched
 
 
 def crop_pixels(box: tuple[float, float, float, float], width: int, height: int, s: _Settings):
@@ -114,17 +117,22 @@ def _process_chunk(args: tuple[list[_Job], _Settings]):
             used = True
             if s.top_only:  # the best box that is large enough; runners-up only stand in for tiny ones
                 break
-        if not used:
+        if not used and s.letterbox:
+            crops.append(np.asarray(ImageOps.pad(image, size, Image.BILINEAR, color=_LETTERBOX_FILL)))
+            rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
+        elif not used:
             crops.append(np.asarray(image.resize(size, Image.BILINEAR)))
             rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
     array = np.stack(crops) if crops else np.zeros((0, *size, 3), dtype=np.uint8)
     return array, rows, quarantine
 
 
-def _jobs(manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float) -> list[_Job]:
+def _jobs(
+    manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)
+) -> list[_Job]:
     usable = detections.filter(
         (pl.col("status") == "ok")
-        & (pl.col("category") == "animal")
+        & pl.col("category").is_in(list(categories))
         & pl.col("problem").is_null()
         & (pl.col("conf") >= threshold)
     ).sort(["image_id", "conf"], descending=[False, True])
@@ -161,7 +169,7 @@ def _pool_context():
 def build_crop_cache(
     manifest: pl.DataFrame,
     detections: pl.DataFrame,
-    threshold: float,
+    threshold: float | str,
     cfg: CropConfig,
     out_dir: Path,
     workers: int | None = None,
@@ -170,11 +178,18 @@ def build_crop_cache(
 ) -> dict:
     """Build the crop cache for one threshold into out_dir (replacing it atomically); return the summary.
 
-    workers: processes to use; None takes cfg.workers, and 0 means all cores.
+    threshold: a detector confidence, or the crops key 'full' (no detector: every image is its whole
+    frame, letterboxed to square). workers: processes to use; None takes cfg.workers, 0 means all cores.
     """
     out_dir = Path(out_dir)
-    settings = _Settings(cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top")
-    jobs = _jobs(manifest, detections, threshold)
+    whole_frames = threshold_key(threshold) == NO_DETECTOR_KEY
+    settings = _Settings(
+        cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top", letterbox=whole_frames
+    )
+    if whole_frames:
+        jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
+    else:
+        jobs = _jobs(manifest, detections, float(threshold), cfg.categories)
     n_workers = _resolve_workers(workers, cfg)
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
@@ -238,7 +253,7 @@ def _summary(
     detections: pl.DataFrame,
     index: pl.DataFrame,
     quarantine: pl.DataFrame,
-    threshold: float,
+    threshold: float | str,
     cfg: CropConfig,
 ) -> dict:
     detection_rows = index.filter(pl.col("source") == "detection")

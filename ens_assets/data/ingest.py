@@ -2,16 +2,16 @@
 
 Manifest columns (in this order): image_id, path (absolute), rel_path (posix, relative to the data
 root; what MegaDetector's JSON "file" matches), label (null for test rows), site, split ("train" |
-"test").
+"test"), sequence (the layout's sequence/event id, null when it has none; folds may group by it).
 
 Layouts:
 - demo / conservision: DrivenData Conser-vision files (train_features.csv, train_labels.csv one-hot,
   test_features.csv); the test split comes with the data.
-- zamba: a CSV `filepath,label[,site]`; image_id = rel_path.
+- zamba: a CSV `filepath,label[,site][,sequence]`; image_id = rel_path.
 - imagefolder: root/<class>/<image> (site "unknown") or root/<class>/<site>/<image>; image_id = rel_path.
   Hidden files are skipped; every other file is an image row (a stray non-image is quarantined at crop
   time with a reason rather than dropped silently).
-- coco: COCO Camera Traps JSON; location -> site, category 0 or "empty" -> label "blank".
+- coco: COCO Camera Traps JSON; location -> site, seq_id -> sequence, category 0 or "empty" -> label "blank".
 Layouts without a test split send whole sites to "test" by data.test_site_fraction.
 
 Missing image files are not manifest errors: they are quarantined at crop time, so every image stays
@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import polars as pl
@@ -38,6 +39,8 @@ MANIFEST_SCHEMA = pl.Schema(
         "label": pl.String,
         "site": pl.String,
         "split": pl.String,
+        # Sequence / event id from the layout (COCO CT seq_id, zamba 'sequence' column); null when absent.
+        "sequence": pl.String,
     }
 )
 UNKNOWN_SITE = "unknown"
@@ -74,6 +77,12 @@ def _relative_path(root: Path, raw: object, where: str) -> tuple[str, str]:
     text = str(raw).strip().replace("\\", "/")
     candidate = Path(text)
     absolute = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
+    if not absolute.exists():  # the labels may spell a name in NFC and the disk in NFD (macOS), or the reverse
+        for form in ("NFC", "NFD"):
+            variant = Path(unicodedata.normalize(form, str(absolute)))
+            if variant.exists():
+                absolute = variant
+                break
     try:
         rel = absolute.relative_to(root)
     except ValueError:
@@ -180,6 +189,7 @@ def ingest_zamba(root: Path, labels_file: str = "labels.csv") -> pl.DataFrame:
     labels_path = root / labels_file
     frame = _read_csv(labels_path, ["filepath", "label"])
     has_site = "site" in frame.columns
+    has_sequence = "sequence" in frame.columns
     rows = []
     seen: dict[str, str] = {}
     for i, row in enumerate(frame.iter_rows(named=True)):
@@ -190,7 +200,10 @@ def ingest_zamba(root: Path, labels_file: str = "labels.csv") -> pl.DataFrame:
         path, rel = _relative_path(root, row["filepath"], where)
         site = ((row["site"] or "").strip() if has_site else "") or UNKNOWN_SITE
         _claim_id(seen, rel, where)
-        rows.append({"image_id": rel, "path": path, "rel_path": rel, "label": label, "site": site, "split": "train"})
+        sequence = ((row["sequence"] or "").strip() if has_sequence else "") or None
+        rows.append(
+            {"image_id": rel, "path": path, "rel_path": rel, "label": label, "site": site, "split": "train", "sequence": sequence}
+        )
     return _finish(rows, str(labels_path))
 
 
@@ -266,7 +279,11 @@ def ingest_coco(root: Path, json_file: str) -> pl.DataFrame:
         path, rel = _relative_path(root, image["file_name"], where)
         location = image.get("location")
         site = str(location) if location not in (None, "") else UNKNOWN_SITE
-        rows.append({"image_id": str(image["id"]), "path": path, "rel_path": rel, "label": label, "site": site, "split": "train"})
+        seq_id = image.get("seq_id")
+        sequence = str(seq_id) if seq_id not in (None, "") else None
+        rows.append(
+            {"image_id": str(image["id"]), "path": path, "rel_path": rel, "label": label, "site": site, "split": "train", "sequence": sequence}
+        )
     return _finish(rows, str(json_path))
 
 

@@ -1,4 +1,4 @@
-"""Data stage: source images -> manifest -> detections -> crops per threshold, and folds by site."""
+"""Data stage: source images -> manifest -> detections -> crops per threshold, and folds grouped by site, sequence or burst."""
 
 
 import polars as pl
@@ -60,39 +60,56 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
         refuse_failed_inputs(context)
-        from ens_assets.data.detections import detector_from_megadetector, load_detections
+        from ens_assets.atomic import write_json
+        from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
 
         plan = plan_resource.load()
         frame_manifest = pl.read_parquet(plan.manifest_path)
-        if plan.data.detections:
-            json_path = plan.path(plan.data.detections)
-        else:
-            json_path = detector_from_megadetector(frame_manifest, plan)
-        frame = load_detections(json_path, frame_manifest)
+        if plan.detection_source == "none":
+            frame = no_detector_table(frame_manifest)
+            write_parquet(plan.detections_path, frame)
+            write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
+            context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
+            return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
+        json_path = resolve_detections_json(plan, frame_manifest)
+        loaded = read_detections(json_path, frame_manifest)
+        frame = loaded.table
         write_parquet(plan.detections_path, frame)
-        per_status = frame.unique("image_id").group_by("status").len().sort("status")
+        summary = loaded.summary()
+        write_json(plan.detections_summary_path, summary)
         problems = frame.filter(pl.col("problem").is_not_null()).group_by("problem").len()
+        if loaded.unmatched:
+            context.log.warning(
+                f"{len(loaded.unmatched)} entries of {json_path.name} match no manifest image "
+                f"(e.g. {loaded.unmatched[0]['file']!r}); full list in {plan.detections_summary_path}"
+            )
+        unmatched = pl.DataFrame(loaded.unmatched[:20], schema={"file": pl.String, "reason": pl.String})
         return dg.MaterializeResult(
             metadata={
                 "source": dg.MetadataValue.path(str(json_path)),
-                "images_by_status": dg.MetadataValue.json(dict(per_status.iter_rows())),
+                "format_version": loaded.format_version,
+                "images_by_status": dg.MetadataValue.json(summary["images_by_status"]),
                 "ignored_detections": dg.MetadataValue.json(dict(problems.iter_rows())),
                 "animal_detections": frame.filter(pl.col("category") == "animal").height,
+                "unmatched_json_entries": len(loaded.unmatched),
+                "unmatched_examples": dg.MetadataValue.md(frame_markdown(unmatched) if unmatched.height else "none"),
+                "matched_by_path_suffix": loaded.matched_by_suffix,
+                "summary": dg.MetadataValue.path(str(plan.detections_summary_path)),
             }
         )
 
     @dg.asset(group_name="data", deps=[detections], partitions_def=threshold_partitions(plan), kinds={"numpy"})
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
-        """Square crops of animals at one detector-confidence threshold, cached as a uint8 memmap."""
+        """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
+        cached as a uint8 memmap."""
         refuse_failed_inputs(context)
         from ens_assets.data.crops import build_crop_cache
 
         plan = plan_resource.load()
-        threshold = float(context.partition_key)
         summary = build_crop_cache(
             pl.read_parquet(plan.manifest_path),
             pl.read_parquet(plan.detections_path),
-            threshold,
+            context.partition_key,
             plan.crops,
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
@@ -104,19 +121,31 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
 
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
-        """k folds by StratifiedGroupKFold over camera sites, so no site is in two folds."""
+        """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
         refuse_failed_inputs(context)
-        from ens_assets.data.folds import assign_folds
+        from ens_assets.atomic import write_json
+        from ens_assets.data.folds import make_folds
 
         plan = plan_resource.load()
-        frame = assign_folds(pl.read_parquet(plan.manifest_path), plan.folds.k, plan.folds.seed)
+        frame, grouping = make_folds(pl.read_parquet(plan.manifest_path), plan.folds)
         write_parquet(plan.folds_path, frame)
+        write_json(plan.folds_summary_path, grouping.as_dict())
+        if grouping.warning:
+            context.log.warning(grouping.warning)
         per_fold = frame.group_by("fold").agg(
-            pl.len().alias("images"), pl.col("site").n_unique().alias("sites"), pl.col("label").n_unique().alias("classes")
+            pl.len().alias("images"),
+            pl.col("group").n_unique().alias("groups"),
+            pl.col("site").n_unique().alias("sites"),
+            pl.col("label").n_unique().alias("classes"),
         ).sort("fold")
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.folds_path)),
+                "group_by": grouping.group_by,
+                "group_by_requested": grouping.requested,
+                "n_groups": grouping.n_groups,
+                "grouping_reason": grouping.reason,
+                "grouping_warning": grouping.warning or "",
                 "per_fold": dg.MetadataValue.md(frame_markdown(per_fold)),
             }
         )

@@ -35,16 +35,19 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision",
+            submission_format="conservision", groups=image_sites(plan),
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
                 "method": plan.ensemble.method,
+                "fitted_method": result.spec["method"],
+                "temperature": result.spec["temperature"],
                 "members": dg.MetadataValue.json(result.spec),
                 "excluded_members": dg.MetadataValue.json(outputs.excluded),
                 "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
@@ -52,6 +55,7 @@ def build_ensemble_assets(
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "mlflow_run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(run_page),
                 **table_metadata(_headline(result.scores)),
             }
         )
@@ -64,14 +68,18 @@ def build_ensemble_assets(
         refuse_failed_inputs(context)
         import json
 
-        from ens_assets.ensemble.build import build_diagnostics
+        import polars as pl
+
+        from ens_assets.ensemble.build import NESTED_OOF_FILE, build_diagnostics
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
-        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
+        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
+                                        nested_oof=nested_oof)
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -95,6 +103,18 @@ def build_ensemble_assets(
     return [ensemble, ensemble_diagnostics]
 
 
+def image_sites(plan: Plan) -> dict[str, str] | None:
+    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
+    import polars as pl
+
+    if not plan.folds_path.is_file():
+        return None
+    folds = pl.read_parquet(plan.folds_path)
+    if "site" not in folds.columns or folds["site"].null_count():
+        return None
+    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
+
+
 def _headline(scores) -> dict[str, float]:
     """Ensemble and best-member honest scores as numbers, so the UI plots them across nights."""
     out: dict[str, float] = {}
@@ -103,3 +123,14 @@ def _headline(scores) -> dict[str, float]:
             out[f"{row['name']}/log_loss"] = float(row["log_loss"])
             out[f"{row['name']}/accuracy"] = float(row["accuracy"])
     return out
+
+
+def _mlflow_run_page(plan: Plan, tracking_uri: str, run_id: str) -> str:
+    """The ensemble run's page in the MLflow UI (an http address, like the checkpoints' links)."""
+    from mlflow import MlflowClient
+
+    from ens_assets.mlflow_store import run_url
+    from ens_assets.training.tracking import ui_address
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+    return run_url(ui_address(plan, tracking_uri), experiment, run_id)

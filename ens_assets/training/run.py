@@ -189,6 +189,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
             metrics=sidecar.get("metrics", {}), mlflow_run_id=sidecar.get("mlflow_run_id"), mlflow_url=sidecar.get("mlflow_url"),
         )  # fmt: skip
 
+    started_unix = time.time()  # the MLflow run's start: its duration is the training's
     held_out = _held_out_fold(fold_key)
     train_part = inputs.train_crops.filter(pl.col("fold") != held_out)
     val_part = inputs.train_crops.filter(pl.col("fold") == held_out)
@@ -267,7 +268,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
               "fingerprint": print_},
         params=spec, history=outcome.history, metrics=metrics,
         artifacts=[confusion_json, confusion_png, *outcome.extra.get("artifacts", [])],
-        run_name=f"{member.key}|{fold_key}",
+        run_name=f"{member.key}|{fold_key}", started_unix=started_unix,
     )  # fmt: skip
     save_checkpoint(
         out_dir,
