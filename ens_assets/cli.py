@@ -198,7 +198,8 @@ class StageRunner:
             self.out(f"  [FAILED] ensemble: no member is left; smoke gates failed: {gates}")
             self.failures.append("ensemble")
             raise StageFailed("ensemble")
-        self._run("ensemble_job", label="ensemble")
+        if self._run("ensemble_job", label="ensemble"):
+            self.out(f"      {_test_split_line(self.plan)}")
 
     def run(self, stages) -> int:
         try:
@@ -210,6 +211,17 @@ class StageRunner:
             self.out(f"full log with traces: {self.log_path}" + ("" if self.verbose else " (or rerun with --verbose)"))
             return 1
         return 0
+
+
+def _test_split_line(plan) -> str:
+    """What the ensemble's spec says about the test split: its size, or that there is none."""
+    import json
+
+    from ens_assets.ensemble.build import NO_TEST_SPLIT
+
+    spec_path = plan.ensemble_dir / "spec.json"
+    n = json.loads(spec_path.read_text()).get("test_images", 0) if spec_path.is_file() else 0
+    return f"test split: {n} images (submission.csv)" if n else NO_TEST_SPLIT
 
 
 def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
@@ -225,6 +237,7 @@ def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     if roadmap.is_file():
         out("\n=== diagnostics roadmap ===")
         out(roadmap.read_text())
+    out(_test_split_line(plan))
     out("=== where to look ===")
     # Only what exists: a run that stopped early must not point at files it never wrote.
     for name, path in (("submission:", plan.ensemble_dir / "submission.csv"), ("diagnostics:", plan.diagnostics_dir)):

@@ -72,6 +72,16 @@ class DataConfig(_Strict):
     # imagefolder, coco). Conser-vision and the demo bring their own test split.
     test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     max_image_pixels: int = 40_000_000
+    # Bad label rows (empty label, duplicate path, path outside the root, ...) are quarantined with the
+    # reason; strict: true stops the manifest at the first one instead.
+    strict: bool = False
+    # Text encoding of label CSVs; None = UTF-8, falling back to cp1252/latin-1 with a note.
+    encoding: str | None = None
+    # Train classes with fewer images than this are dropped (quarantined) or merged (small_classes);
+    # 0 keeps every class (classes with fewer images than folds.k are reported either way).
+    min_class_images: int = Field(0, ge=0)
+    small_classes: Literal["drop", "merge"] = "drop"
+    merged_class: str = "other"
     demo: DemoConfig = DemoConfig()
 
 
@@ -156,6 +166,11 @@ class TrainingConfig(_Strict):
     ema_decay: float = 0.998
     seed: int = 0
     num_workers: int = 0
+    # Fine-tuning recipe (ens_assets.training.optim): layer-wise lr decay (timm create_optimizer_v2), a separate
+    # classifier-head lr (None = lr), and a linear-probe warm-up of this many epochs with the backbone frozen.
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    head_lr: float | None = Field(None, gt=0)
+    freeze_epochs: int = Field(0, ge=0)
     smoke: Budget = Budget(epochs=3, time_budget_s=120.0, patience=3)
     cv: Budget = Budget()
 
@@ -170,6 +185,9 @@ class Member(_Strict):
     # Where initial weights come from (ens_assets.training.pretrained): package:<module> | file:<path> (or a
     # bare path) | cache (local timm/HF cache, no network) | hub (download when online); None = random init.
     pretrained: str | None = None
+    # Input size this member trains and predicts at (crops are cached at the largest any member needs and
+    # resized down); None = crops.image_size, "pretrained" = the backbone's pretrained_cfg size (resolve_data_config).
+    image_size: int | Literal["pretrained"] | None = Field(None)
     # Per-member overrides of TrainingConfig fields (lr, batch_size, ...).
     overrides: dict[str, Any] = Field(default_factory=dict)
     # "subset": base on k% -> n copies on difficulty strata -> parameter-averaged (settings in `subset`).
@@ -291,6 +309,8 @@ class Plan(_Strict):
             if m.key in seen:
                 raise ValueError(f"{where}: duplicate member; each backbone x threshold x recipe may appear once per strategy")
             seen.add(m.key)
+            if isinstance(m.image_size, int) and m.image_size < 16:
+                raise ValueError(f"{where}: image_size {m.image_size} is below 16 px; give 16 or more, or 'pretrained'")
             unknown = set(m.overrides) - set(TrainingConfig.model_fields)
             if unknown:
                 raise ValueError(f"{where}: unknown overrides {sorted(unknown)}; allowed: {sorted(TrainingConfig.model_fields)}")
@@ -336,6 +356,16 @@ class Plan(_Strict):
     @property
     def detections_path(self) -> Path:
         return self.work / "detections.parquet"
+
+    @property
+    def manifest_quarantine_path(self) -> Path:
+        """Label rows that could not be used, with the reason (QUARANTINE_SCHEMA)."""
+        return self.work / "manifest_quarantine.parquet"
+
+    @property
+    def manifest_report_path(self) -> Path:
+        """Counts, quarantined label rows by reason, small classes, encoding notes (for check and the CLI)."""
+        return self.work / "manifest.json"
 
     @property
     def detections_summary_path(self) -> Path:
@@ -419,6 +449,25 @@ class Plan(_Strict):
     def budget_for_fold(self, fold: int | str) -> Budget:
         return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
 
+    def image_size(self, member: Member | str) -> int:
+        """The square input size a member trains and predicts at."""
+        m = self.member(member) if isinstance(member, str) else member
+        if m.image_size is None:
+            return self.crops.image_size
+        if m.image_size == "pretrained":
+            return pretrained_input_size(m.backbone)
+        return int(m.image_size)
+
+    @property
+    def crop_cache_size(self) -> int:
+        """Crops are cached once per threshold at the largest size any member asks for."""
+        return max([self.crops.image_size, *(self.image_size(m) for m in self.members)])
+
+    @property
+    def crop_settings(self) -> CropConfig:
+        """crops: with image_size raised to the cache size (what the crop stage builds with)."""
+        return self.crops.model_copy(update={"image_size": self.crop_cache_size})
+
     def training_config(self, member: Member | str) -> TrainingConfig:
         m = self.member(member) if isinstance(member, str) else member
         return self.training.model_copy(update=m.overrides)
@@ -440,10 +489,21 @@ class Plan(_Strict):
             "pretrained": m.pretrained,
             "budget": self.budget(m).model_dump(mode="json"),
             "training": self.training_config(m).model_dump(mode="json", exclude={"smoke", "cv"}),
-            "image_size": self.crops.image_size,
+            "image_size": self.image_size(m),
             # Only subset members carry these keys: a standard member's spec (and fingerprint) is unchanged.
             **({"strategy": m.strategy, "subset": m.subset.model_dump(mode="json")} if m.subset is not None else {}),
         }
+
+
+def pretrained_input_size(backbone: str) -> int:
+    """The input size timm's pretrained_cfg gives the backbone (resolve_data_config), e.g. 224."""
+    import timm  # deferred: only plans that ask for it pay for importing timm
+    from timm.data import resolve_data_config
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        raise PlanError(f"image_size: pretrained for '{backbone}': timm has no pretrained config for it; give a size in px")
+    return int(resolve_data_config(pretrained_cfg=cfg.to_dict())["input_size"][-1])
 
 
 def detection_source_of(layout: str, detections: str | None, megadetector_weights: str | None) -> str:

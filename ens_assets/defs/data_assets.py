@@ -42,16 +42,47 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
         refuse_failed_inputs(context)
-        from ens_assets.data.ingest import load_manifest, manifest_summary
+        from ens_assets.atomic import write_json
+        from ens_assets.data.ingest import ingest, manifest_summary
 
         plan = plan_resource.load()
-        frame = load_manifest(plan)
+        ingested = ingest(plan)
+        frame = ingested.manifest
         write_parquet(plan.manifest_path, frame)
+        write_parquet(plan.manifest_quarantine_path, ingested.quarantine)
         summary = manifest_summary(frame)
+        report = {
+            "n_images": frame.height,
+            "n_quarantined_label_rows": ingested.quarantine.height,
+            "quarantined_label_rows": ingested.quarantine.head(200).to_dicts(),
+            "folds_k": plan.folds.k,
+            "small_classes": ingested.small_classes,
+            "notes": ingested.notes,
+        }
+        write_json(plan.manifest_report_path, report)
+        for note in ingested.notes:
+            context.log.warning(note)
+        if ingested.quarantine.height:
+            context.log.warning(
+                f"{ingested.quarantine.height} label row(s) quarantined (e.g. {ingested.quarantine['reason'][0]}); "
+                f"list in {plan.manifest_quarantine_path}"
+            )
+        if ingested.small_classes:
+            context.log.warning(
+                f"classes with fewer images than folds.k = {plan.folds.k}: {ingested.small_classes}; some folds validate "
+                "without them (set data.min_class_images to drop or merge them)"
+            )
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.manifest_path)),
                 "dagster/row_count": frame.height,
+                "quarantined_label_rows": ingested.quarantine.height,
+                "quarantine_examples": dg.MetadataValue.md(
+                    frame_markdown(ingested.quarantine.select("image_id", "reason"), max_rows=20)
+                    if ingested.quarantine.height else "none"
+                ),
+                "classes_with_fewer_images_than_folds": dg.MetadataValue.json(ingested.small_classes),
+                "notes": dg.MetadataValue.json(ingested.notes),
                 **table_metadata(summary),
             }
         )
@@ -110,10 +141,11 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             pl.read_parquet(plan.manifest_path),
             pl.read_parquet(plan.detections_path),
             context.partition_key,
-            plan.crops,
+            plan.crop_settings,  # at the largest member image size
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
             max_pixels=plan.data.max_image_pixels,
+            label_rows=pl.read_parquet(plan.manifest_quarantine_path) if plan.manifest_quarantine_path.is_file() else None,
         )
         return dg.MaterializeResult(
             metadata={"path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))), **table_metadata(summary)}
