@@ -171,7 +171,8 @@ class StageRunner:
 
     def ensemble(self) -> None:
         self.out(f"ensemble: {self.plan.ensemble.method} combiner, honest scores, diagnostics")
-        self._run("ensemble_job")
+        if self._run("ensemble_job"):
+            self.out(f"      {_test_split_line(self.plan)}")
 
     def run(self, stages) -> int:
         for stage in stages:
@@ -180,6 +181,17 @@ class StageRunner:
             self.out(f"{len(self.failures)} step(s) failed: {self.failures}")
             return 1
         return 0
+
+
+def _test_split_line(plan) -> str:
+    """What the ensemble's spec says about the test split: its size, or that there is none."""
+    import json
+
+    from ens_assets.ensemble.build import NO_TEST_SPLIT
+
+    spec_path = plan.ensemble_dir / "spec.json"
+    n = json.loads(spec_path.read_text()).get("test_images", 0) if spec_path.is_file() else 0
+    return f"test split: {n} images (submission.csv)" if n else NO_TEST_SPLIT
 
 
 def _print_where_to_look(plan, out=print) -> None:
@@ -195,6 +207,7 @@ def _print_where_to_look(plan, out=print) -> None:
     if roadmap.is_file():
         out("\n=== diagnostics roadmap ===")
         out(roadmap.read_text())
+    out(_test_split_line(plan))
     out("=== where to look ===")
     out(f"  submission:      {plan.ensemble_dir / 'submission.csv'}")
     out(f"  diagnostics:     {plan.diagnostics_dir}")

@@ -38,6 +38,7 @@ def build_ensemble_assets(
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        context.log.info(result.test_split_note)
         run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
@@ -52,6 +53,7 @@ def build_ensemble_assets(
                 "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
+                "test_split": dg.MetadataValue.text(result.test_split_note),
                 "mlflow_run_id": run_id,
                 "mlflow_run": dg.MetadataValue.url(run_page),
                 **table_metadata(_headline(result.scores)),

@@ -201,8 +201,9 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
         data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
-        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
-        write_scored_images(out_dir, train_part)
+        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key,
+                                      log=log, train_groups=train_part["image_id"].to_numpy())
+        write_scored_images(out_dir, train_part[outcome.extra.pop("scored_rows").tolist()])
     else:
         outcome = train_member_model(
             member.backbone, len(classes), *fold_arrays,
@@ -338,22 +339,30 @@ def predict_member_test(plan: Plan, member_key: str) -> pl.DataFrame:
     """
     member = plan.member(member_key)
     inputs = _load_inputs(plan, member)
-    if inputs.test_crops.height == 0:
-        raise ValueError(f"{plan.crops_dir(threshold_key(member.threshold))}: the crop cache holds no test-split crops to predict")
     device = select_device()
     batch_size = plan.training_config(member).batch_size * 2
     test_images = inputs.gather(inputs.test_crops["row"])
     total, classes = None, None
     fold_keys = plan.prediction_folds(member)
     for fold_key in fold_keys:
+        # Loaded even when there is nothing to predict: a stale checkpoint is an error either way.
         model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
         if classes is not None and fold_classes != classes:
             raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
         classes = fold_classes
+        if inputs.test_crops.height == 0:
+            continue  # no test split (every image labelled and used for folds): an empty table, not an error
         probs = predict_proba(model, test_images, batch_size, device).astype(np.float64)
         total = probs if total is None else total + probs
-    image_ids, probs = per_image_mean(inputs.test_crops, (total / len(fold_keys)).astype(np.float32))
-    frame = pl.concat([pl.DataFrame({"image_id": image_ids}), pl.DataFrame(probs, schema=classes)], how="horizontal")
+    if total is None:
+        image_ids, probs = np.array([], dtype=str), np.zeros((0, len(classes)), dtype=np.float32)
+    else:
+        image_ids, probs = per_image_mean(inputs.test_crops, (total / len(fold_keys)).astype(np.float32))
+    frame = pl.concat(
+        [pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String}),
+         pl.DataFrame(probs, schema={c: pl.Float32 for c in classes})],
+        how="horizontal",
+    )
     frame = pl.concat([frame, _class_prior_rows(plan, frame["image_id"], classes)]).sort("image_id")
     write_parquet(plan.test_predictions_path(member.key), frame)
     return frame
