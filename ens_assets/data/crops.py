@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
-from ens_assets.plan import NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
+from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
 INDEX_SCHEMA = pl.Schema(
     {
@@ -194,6 +194,8 @@ def build_crop_cache(
     )
     if whole_frames:
         jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
+    elif threshold_key(threshold) == ANNOTATED_BOXES_KEY:  # annotated boxes: no confidence to threshold
+        jobs = _jobs(manifest, detections, 0.0, cfg.categories)
     else:
         jobs = _jobs(manifest, detections, float(threshold), cfg.categories)
     n_workers = _resolve_workers(workers, cfg)

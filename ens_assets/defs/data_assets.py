@@ -102,6 +102,17 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
             context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
             return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
+        if plan.detection_source == "observations":
+            from ens_assets.data.camtrap_dp import observation_detections
+
+            frame = observation_detections(plan.data_root, frame_manifest)
+            write_parquet(plan.detections_path, frame)
+            with_box = frame.filter(pl.col("conf").is_not_null())["image_id"].n_unique()
+            write_json(plan.detections_summary_path, {"source": "camtrap-dp observations", "images_with_boxes": with_box,
+                                                      "images": frame_manifest.height})  # fmt: skip
+            return dg.MaterializeResult(
+                metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
+            )
         json_path = resolve_detections_json(plan, frame_manifest)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
