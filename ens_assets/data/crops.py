@@ -1,5 +1,6 @@
 """The crop cache of one detector threshold: every manifest image becomes detection crops, a
-full-frame fallback, or a quarantine row with a reason (nothing is dropped silently).
+full-frame fallback, or a quarantine row with a reason (nothing is dropped silently). Without a
+detector the one cache 'full' holds every image's whole frame, letterboxed to square.
 
 On disk (out_dir): images.npy (uint8 N x S x S x 3, memory-mappable), index.parquet (one row per
 crop), quarantine.parquet, summary.json. Built into a temp folder beside out_dir with all cores,
@@ -13,18 +14,18 @@ import json
 import multiprocessing
 import signal
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ens_assets.atomic import replace_dir
+from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
-from ens_assets.plan import CropConfig, DataConfig, threshold_key
+from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
+from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
 INDEX_SCHEMA = pl.Schema(
     {
@@ -41,8 +42,9 @@ INDEX_SCHEMA = pl.Schema(
         "h": pl.Float64,
     }
 )
-QUARANTINE_SCHEMA = pl.Schema({"image_id": pl.String, "rel_path": pl.String, "split": pl.String, "reason": pl.String})
 _COPY_BLOCK_ROWS = 2048
+_LETTERBOX_FILL = (128, 128, 128)
+_ROW_PREFIX = re.compile(r"^/.*?: ")  # ingest reasons start with '<absolute file> row N (id X): '  # the grey images.py composites transparency onto
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class _Settings:
     min_size_px: int
     max_pixels: int
     top_only: bool
+    letterbox: bool = False  # whole frames padded to square (no detector) instead of stretched
 
 
 def crop_pixels(box: tuple[float, float, float, float], width: int, height: int, s: _Settings):
@@ -116,17 +119,22 @@ def _process_chunk(args: tuple[list[_Job], _Settings]):
             used = True
             if s.top_only:  # the best box that is large enough; runners-up only stand in for tiny ones
                 break
-        if not used:
+        if not used and s.letterbox:
+            crops.append(np.asarray(ImageOps.pad(image, size, Image.BILINEAR, color=_LETTERBOX_FILL)))
+            rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
+        elif not used:
             crops.append(np.asarray(image.resize(size, Image.BILINEAR)))
             rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
     array = np.stack(crops) if crops else np.zeros((0, *size, 3), dtype=np.uint8)
     return array, rows, quarantine
 
 
-def _jobs(manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float) -> list[_Job]:
+def _jobs(
+    manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)
+) -> list[_Job]:
     usable = detections.filter(
         (pl.col("status") == "ok")
-        & (pl.col("category") == "animal")
+        & pl.col("category").is_in(list(categories))
         & pl.col("problem").is_null()
         & (pl.col("conf") >= threshold)
     ).sort(["image_id", "conf"], descending=[False, True])
@@ -163,27 +171,38 @@ def _pool_context():
 def build_crop_cache(
     manifest: pl.DataFrame,
     detections: pl.DataFrame,
-    threshold: float,
+    threshold: float | str,
     cfg: CropConfig,
     out_dir: Path,
     workers: int | None = None,
     *,
     max_pixels: int = DataConfig().max_image_pixels,
+    label_rows: pl.DataFrame | None = None,
 ) -> dict:
     """Build the crop cache for one threshold into out_dir (replacing it atomically); return the summary.
 
-    workers: processes to use; None takes cfg.workers, and 0 means all cores.
+    threshold: a detector confidence, or the crops key 'full' (no detector: every image is its whole
+    frame, letterboxed to square). workers: processes to use; None takes cfg.workers, 0 means all cores.
+    label_rows: label rows the ingest quarantined (QUARANTINE_SCHEMA); listed and counted with the bad
+    images, so the summary accounts for every input row.
     """
+    label_rows = quarantine_frame([]) if label_rows is None else label_rows.select(list(QUARANTINE_SCHEMA))
     out_dir = Path(out_dir)
-    settings = _Settings(cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top")
-    jobs = _jobs(manifest, detections, threshold)
+    whole_frames = threshold_key(threshold) == NO_DETECTOR_KEY
+    settings = _Settings(
+        cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top", letterbox=whole_frames
+    )
+    if whole_frames:
+        jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
+    elif threshold_key(threshold) == ANNOTATED_BOXES_KEY:  # annotated boxes: no confidence to threshold
+        jobs = _jobs(manifest, detections, 0.0, cfg.categories)
+    else:
+        jobs = _jobs(manifest, detections, float(threshold), cfg.categories)
     n_workers = _resolve_workers(workers, cfg)
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with building_dir(out_dir) as building:
         index_rows: list[dict] = []
         quarantine_rows: list[dict] = []
         raw_path = building / "images.raw"
@@ -208,16 +227,12 @@ def build_crop_cache(
         raw_path.unlink()
 
         index = pl.DataFrame(index_rows, schema=INDEX_SCHEMA) if index_rows else pl.DataFrame(schema=INDEX_SCHEMA)
-        quarantine = (
-            pl.DataFrame(quarantine_rows, schema=QUARANTINE_SCHEMA) if quarantine_rows else pl.DataFrame(schema=QUARANTINE_SCHEMA)
-        )
-        summary = _summary(manifest, detections, index, quarantine, threshold, cfg)
+        quarantine = pl.concat([label_rows, quarantine_frame(quarantine_rows)])
+        summary = _summary(manifest, detections, index, quarantine, threshold, cfg, n_label_rows=label_rows.height)
         index.write_parquet(building / "index.parquet")
         quarantine.write_parquet(building / "quarantine.parquet")
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return summary
 
 
@@ -234,6 +249,15 @@ def _raw_to_npy(raw_path: Path, npy_path: Path, n: int, size: int) -> None:
     del source, target
 
 
+def _by_reason(quarantine: pl.DataFrame) -> dict[str, int]:
+    """Counts per kind of problem: the reason without its 'file row N: ' prefix, up to the first ';' or ':'."""
+    counts: dict[str, int] = {}
+    for reason in quarantine["reason"].to_list():
+        kind = re.split(r"[;:(]", _ROW_PREFIX.sub("", reason, count=1), maxsplit=1)[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _per_label(frame: pl.DataFrame) -> dict[str, int]:
     counts = frame.with_columns(pl.col("label").fill_null("(unlabelled)")).group_by("label").len().sort("label")
     return dict(counts.iter_rows())
@@ -244,8 +268,9 @@ def _summary(
     detections: pl.DataFrame,
     index: pl.DataFrame,
     quarantine: pl.DataFrame,
-    threshold: float,
+    threshold: float | str,
     cfg: CropConfig,
+    n_label_rows: int = 0,
 ) -> dict:
     detection_rows = index.filter(pl.col("source") == "detection")
     fallback_rows = index.filter(pl.col("source") == "fallback")
@@ -254,7 +279,8 @@ def _summary(
     summary = {
         "threshold": threshold_key(threshold),
         "cfg": cfg.model_dump(mode="json", exclude={"thresholds", "workers"}),
-        "n_images": manifest.height,
+        "n_images": manifest.height + n_label_rows,  # label rows quarantined at ingest count as inputs
+        "n_quarantined_label_rows": n_label_rows,
         "n_used": n_used,
         "n_fallback_only": n_fallback,
         "n_quarantined": quarantine.height,
@@ -263,6 +289,7 @@ def _summary(
         "crops_per_class": _per_label(detection_rows),
         "fallbacks_per_class": _per_label(fallback_rows),
         "quarantined_per_class": _per_label(quarantine.join(manifest.select("image_id", "label"), on="image_id", how="left")),
+        "quarantined_by_reason": _by_reason(quarantine),
         "per_split": {
             split: {
                 "detection": detection_rows.filter(pl.col("split") == split).height,

@@ -1,9 +1,15 @@
-"""MegaDetector batch output (format 1.x) -> one table row per detection, for every manifest image.
+"""MegaDetector batch output (format 1.0-1.5) -> one table row per detection, for every manifest image.
+
+File names are matched to the manifest's rel_path after Unicode NFC normalisation (macOS writes NFD)
+and with '/' separators; absolute or Windows paths match through their longest tail that is a
+rel_path. JSON entries that describe no manifest image are counted and listed (DetectionsLoad.unmatched).
+Category names are compared lower-case ("animal", "person", "vehicle"); which ones are cropped is
+crops.categories.
 
 Rows: status "ok" (one row per detection, or one row with null detection fields when nothing was
 detected), "failure" (MegaDetector could not process the image; one row, `failure` holds its
-message) or "not_in_json" (the image is missing from the file; one row). Both of the latter fall back
-to the full frame at crop time. A detection with an impossible value (bbox outside [0, 1], NaN
+message) or "not_in_json" (the image is missing from the file; one row); both of the latter fall back
+to the full frame at crop time. Without a detector every image has one "no_detector" row. A detection with an impossible value (bbox outside [0, 1], NaN
 confidence, unknown category) is kept with a `problem` and ignored for cropping.
 """
 
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import polars as pl
@@ -47,30 +55,45 @@ class DetectionsError(ValueError):
     """A detections file that cannot be used; names the file and the fix."""
 
 
-def _normalise_file(name: str) -> str:
-    text = str(name).replace("\\", "/")
+def normalise_file(name: object) -> str:
+    """The comparable form of an image path: NFC (macOS writes NFD), '/' separators, no leading './'."""
+    text = unicodedata.normalize("NFC", str(name)).replace("\\", "/")
     while text.startswith("./"):
         text = text[2:]
-    return PurePosixPath(text).as_posix()
+    return PurePosixPath(text).as_posix() if text else text
+
+
+def _path_suffixes(key: str) -> list[str]:
+    """Shorter and shorter tails of a path ('C:/x/cam1/a.jpg' -> 'x/cam1/a.jpg', 'cam1/a.jpg', 'a.jpg')."""
+    parts = [p for p in key.split("/") if p]
+    return ["/".join(parts[i:]) for i in range(1, len(parts))]
 
 
 def _read_json(json_path: Path) -> dict:
     if not json_path.is_file():
         raise DetectionsError(f"{json_path}: no such file; {_FIX_HINT}")
     try:
-        data = json.loads(json_path.read_text())
+        data = json.loads(json_path.read_text(encoding="utf-8-sig"))  # -sig: tolerate a Windows BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DetectionsError(f"{json_path}: not valid JSON ({exc}); re-run MegaDetector or repair the file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DetectionsError(f"{json_path}: no 'images' list, so this is not MegaDetector batch output; {_FIX_HINT}")
-    info = data.get("info") or {}
-    version = str(info.get("format_version", "1.0")) if isinstance(info, dict) else "?"
+    version = format_version(data)
     if not version.startswith("1."):
         raise DetectionsError(
             f"{json_path}: format_version {version!r} is not supported (only 1.x); convert the file with "
             "MegaDetector's tools or re-run it"
         )
     return data
+
+
+def format_version(data: dict) -> str:
+    """The file's format_version as text ('1.0' when absent, as in the earliest batch files)."""
+    info = data.get("info") or {}
+    if not isinstance(info, dict):
+        return "?"
+    version = info.get("format_version", "1.0")
+    return f"{version:.1f}" if isinstance(version, float) else str(version).strip()
 
 
 def _detection_problem(det: dict, categories: dict[str, str]) -> tuple[dict, str | None]:
@@ -112,26 +135,81 @@ def _detection_problem(det: dict, categories: dict[str, str]) -> tuple[dict, str
     return fields, "; ".join(problems) or None
 
 
-def load_detections(json_path: Path, manifest: pl.DataFrame) -> pl.DataFrame:
-    """Join a MegaDetector JSON onto the manifest: one row per detection (see the module docstring)."""
-    json_path = Path(json_path)
-    data = _read_json(json_path)
-    categories = {str(k): str(v) for k, v in (data.get("detection_categories") or DEFAULT_CATEGORIES).items()}
-    entries: dict[str, dict] = {}
-    for i, entry in enumerate(data["images"]):
+@dataclass
+class DetectionsLoad:
+    """A MegaDetector file joined onto the manifest, with what did not join."""
+
+    table: pl.DataFrame  # DETECTIONS_SCHEMA, one row per detection of every manifest image
+    format_version: str
+    n_entries: int
+    # JSON entries that describe no manifest image: {"file": as written, "reason": why}
+    unmatched: list[dict] = field(default_factory=list)
+    matched_by_suffix: int = 0  # entries matched through an absolute path or an extra leading folder
+
+    def summary(self) -> dict:
+        per_status = self.table.unique("image_id").group_by("status").len().sort("status")
+        return {
+            "format_version": self.format_version,
+            "n_entries": self.n_entries,
+            "n_images": self.table["image_id"].n_unique(),
+            "images_by_status": dict(per_status.iter_rows()),
+            "n_unmatched_entries": len(self.unmatched),
+            "unmatched_entries": self.unmatched,
+            "n_matched_by_path_suffix": self.matched_by_suffix,
+        }
+
+
+def _match_entries(json_path: Path, images: list, manifest: pl.DataFrame) -> tuple[dict[str, dict], list[dict], int]:
+    """manifest rel_path -> JSON entry. Names are compared after normalise_file on both sides; an entry
+    that is not a manifest rel_path matches through its longest tail that is (absolute paths, Windows
+    drives, a parent folder MegaDetector was run from)."""
+    index: dict[str, str] = {}
+    for rel in manifest["rel_path"]:
+        index.setdefault(normalise_file(rel), rel)
+    keyed: dict[str, tuple[int, dict]] = {}
+    for i, entry in enumerate(images):
         if not isinstance(entry, dict) or "file" not in entry:
             raise DetectionsError(f"{json_path}: images[{i}] has no 'file'; every entry names the image it describes")
-        key = _normalise_file(entry["file"])
-        if key in entries:
+        key = normalise_file(entry["file"])
+        if key in keyed:
             raise DetectionsError(
                 f"{json_path}: images[{i}] repeats file '{entry['file']}'; keep one entry per image (merge the runs)"
             )
-        entries[key] = entry
+        keyed[key] = (i, entry)
+    matched: dict[str, dict] = {}
+    unmatched: list[dict] = []
+    leftovers = []
+    for key, (_, entry) in keyed.items():  # exact names first, so they win over a tail match
+        if key in index:
+            matched[index[key]] = entry
+        else:
+            leftovers.append((key, entry))
+    by_suffix = 0
+    for key, entry in leftovers:
+        rel = next((index[tail] for tail in _path_suffixes(key) if tail in index), None)
+        if rel is None:
+            unmatched.append({"file": str(entry["file"]), "reason": "no manifest image has this path"})
+        elif rel in matched:
+            unmatched.append({"file": str(entry["file"]), "reason": f"another entry already describes '{rel}'"})
+        else:
+            matched[rel] = entry
+            by_suffix += 1
+    return matched, unmatched, by_suffix
 
-    if entries and manifest.height and not any(rel in entries for rel in manifest["rel_path"]):
+
+def read_detections(json_path: Path, manifest: pl.DataFrame) -> DetectionsLoad:
+    """Join a MegaDetector JSON (format 1.0-1.5) onto the manifest (see the module docstring)."""
+    json_path = Path(json_path)
+    data = _read_json(json_path)
+    categories = {
+        str(k): str(v).strip().lower() for k, v in (data.get("detection_categories") or DEFAULT_CATEGORIES).items()
+    }
+    entries, unmatched, by_suffix = _match_entries(json_path, data["images"], manifest)
+    if data["images"] and manifest.height and not entries:
+        example = next((e["file"] for e in data["images"]), "")
         raise DetectionsError(
-            f"{json_path}: none of its {len(entries)} file names matches a manifest rel_path "
-            f"(JSON has e.g. '{next(iter(entries))}', manifest has '{manifest['rel_path'][0]}'). "
+            f"{json_path}: none of its {len(data['images'])} file names matches a manifest rel_path "
+            f"(JSON has e.g. '{example}', manifest has '{manifest['rel_path'][0]}'). "
             "Run MegaDetector on the data root with relative file names, or point data.root at the folder the "
             "JSON's paths are relative to"
         )
@@ -160,7 +238,23 @@ def load_detections(json_path: Path, manifest: pl.DataFrame) -> pl.DataFrame:
                 continue
             fields, problem = _detection_problem(det, categories)
             rows.append({**base, "status": "ok", "failure": None, **fields, "problem": problem})
-    return pl.DataFrame(rows, schema=DETECTIONS_SCHEMA) if rows else pl.DataFrame(schema=DETECTIONS_SCHEMA)
+    table = pl.DataFrame(rows, schema=DETECTIONS_SCHEMA) if rows else pl.DataFrame(schema=DETECTIONS_SCHEMA)
+    return DetectionsLoad(table, format_version(data), len(data["images"]), unmatched, by_suffix)
+
+
+def load_detections(json_path: Path, manifest: pl.DataFrame) -> pl.DataFrame:
+    """The detections table of read_detections (one row per detection, for every manifest image)."""
+    return read_detections(json_path, manifest).table
+
+
+def no_detector_table(manifest: pl.DataFrame) -> pl.DataFrame:
+    """The detections of a plan without a detector: one 'no_detector' row per image (whole frames)."""
+    return pl.DataFrame(
+        {"image_id": manifest["image_id"], "rel_path": manifest["rel_path"], "status": ["no_detector"] * manifest.height},
+        schema_overrides={"status": pl.String},
+    ).with_columns(
+        [pl.lit(None, dtype=dtype).alias(name) for name, dtype in DETECTIONS_SCHEMA.items() if name not in ("image_id", "rel_path", "status")]
+    ).select(list(DETECTIONS_SCHEMA))
 
 
 def max_detection_conf(detections: pl.DataFrame) -> pl.DataFrame:
@@ -203,7 +297,5 @@ def detector_from_megadetector(manifest: pl.DataFrame, plan: Plan, out_json: Pat
 
 
 def resolve_detections_json(plan: Plan, manifest: pl.DataFrame) -> Path:
-    """The plan's detections JSON: the configured file, or one MegaDetector writes into the workdir."""
-    if plan.data.detections:
-        return plan.path(plan.data.detections)
-    return detector_from_megadetector(manifest, plan)
+    """The plan's detections JSON: the configured (or demo) file, or one MegaDetector writes into the workdir."""
+    return plan.detections_json or detector_from_megadetector(manifest, plan)

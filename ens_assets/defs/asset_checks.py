@@ -1,4 +1,4 @@
-"""Asset checks: folds leak no site, every image is accounted for, smoke gates the k-fold runs, OOF coverage."""
+"""Asset checks: folds keep each group (site/sequence/burst) in one fold, every image is accounted for, smoke gates the k-fold runs, OOF coverage."""
 
 
 import json
@@ -14,19 +14,24 @@ from ens_assets.plan import SMOKE_FOLD, Plan
 
 def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=assets["folds"], blocking=True)
-    def folds_split_by_site(plan_resource: PlanResource) -> dg.AssetCheckResult:
-        """No camera site in two folds (ERROR); every class in every fold's validation part (WARN only)."""
+    def folds_keep_groups_together(plan_resource: PlanResource) -> dg.AssetCheckResult:
+        """No group (site, sequence, burst: whatever folds.group_by chose) in two folds (ERROR); every class
+        in every fold's validation part (WARN only)."""
         from ens_assets.data.folds import check_folds
 
         plan = plan_resource.load()
         report = check_folds(pl.read_parquet(plan.folds_path))
-        severity = dg.AssetCheckSeverity.ERROR if report.sites_in_several_folds else dg.AssetCheckSeverity.WARN
+        grouping = json.loads(plan.folds_summary_path.read_text()) if plan.folds_summary_path.is_file() else {}
+        group_by = grouping.get("group_by", "site")
+        severity = dg.AssetCheckSeverity.ERROR if report.groups_in_several_folds else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(
             passed=report.ok and not report.classes_missing,
             severity=severity,
-            description="; ".join(report.warnings) or "every site in one fold; every class in every fold",
+            description="; ".join(report.warnings) or f"every {group_by} group in one fold; every class in every fold",
             metadata={
-                "sites_in_several_folds": dg.MetadataValue.json(report.sites_in_several_folds),
+                "group_by": group_by,
+                "n_groups": grouping.get("n_groups", 0),
+                "groups_in_several_folds": dg.MetadataValue.json(report.groups_in_several_folds[:50]),
                 "classes_missing": dg.MetadataValue.json({str(k): v for k, v in report.classes_missing.items()}),
             },
         )
@@ -80,4 +85,4 @@ def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> li
             metadata={"duplicated": duplicated, "missing": missing, "extra": extra, "expected": expected.height},
         )
 
-    return [folds_split_by_site, every_image_accounted_for, smoke_gate, oof_covers_each_training_image_once]
+    return [folds_keep_groups_together, every_image_accounted_for, smoke_gate, oof_covers_each_training_image_once]

@@ -6,6 +6,7 @@ import dagster as dg
 from ens_assets.atomic import write_json
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -17,6 +18,7 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
+        refuse_failed_inputs(context)
         from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
@@ -33,23 +35,29 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision",
+            submission_format="conservision", groups=image_sites(plan),
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        context.log.info(result.test_split_note)
+        run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
                 "method": plan.ensemble.method,
+                "fitted_method": result.spec["method"],
+                "temperature": result.spec["temperature"],
                 "members": dg.MetadataValue.json(result.spec),
                 "excluded_members": dg.MetadataValue.json(outputs.excluded),
                 "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
                 "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
+                "test_split": dg.MetadataValue.text(result.test_split_note),
                 "mlflow_run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(run_page),
                 **table_metadata(_headline(result.scores)),
             }
         )
@@ -59,16 +67,21 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
+        refuse_failed_inputs(context)
         import json
 
-        from ens_assets.ensemble.build import build_diagnostics
+        import polars as pl
+
+        from ens_assets.ensemble.build import NESTED_OOF_FILE, build_diagnostics
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
-        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir)
+        nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
+        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
+                                        nested_oof=nested_oof)
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -92,6 +105,18 @@ def build_ensemble_assets(
     return [ensemble, ensemble_diagnostics]
 
 
+def image_sites(plan: Plan) -> dict[str, str] | None:
+    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
+    import polars as pl
+
+    if not plan.folds_path.is_file():
+        return None
+    folds = pl.read_parquet(plan.folds_path)
+    if "site" not in folds.columns or folds["site"].null_count():
+        return None
+    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
+
+
 def _headline(scores) -> dict[str, float]:
     """Ensemble and best-member honest scores as numbers, so the UI plots them across nights."""
     out: dict[str, float] = {}
@@ -100,3 +125,14 @@ def _headline(scores) -> dict[str, float]:
             out[f"{row['name']}/log_loss"] = float(row["log_loss"])
             out[f"{row['name']}/accuracy"] = float(row["accuracy"])
     return out
+
+
+def _mlflow_run_page(plan: Plan, tracking_uri: str, run_id: str) -> str:
+    """The ensemble run's page in the MLflow UI (an http address, like the checkpoints' links)."""
+    from mlflow import MlflowClient
+
+    from ens_assets.mlflow_store import run_url
+    from ens_assets.training.tracking import ui_address
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+    return run_url(ui_address(plan, tracking_uri), experiment, run_id)

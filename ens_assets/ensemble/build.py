@@ -15,7 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from ens_assets import mlflow_store
 from ens_assets.atomic import atomic_path, write_bytes, write_json, write_parquet, write_text
+from ens_assets.ensemble.calibration import apply_temperature, reliability_bins
 from ens_assets.ensemble.combiners import METHODS, combiner_from_spec
 from ens_assets.ensemble.compute import accuracy_vs_compute
 from ens_assets.ensemble.diagnostics import (
@@ -26,12 +28,17 @@ from ens_assets.ensemble.diagnostics import (
     single_win_classes,
     top_confusions,
 )
-from ens_assets.ensemble.plots import confusion_grid_png, pareto_png, recall_matrix_png
-from ens_assets.ensemble.scoring import BEST_SINGLE, score_methods
+from ens_assets.ensemble.plots import confusion_grid_png, pareto_png, recall_matrix_png, reliability_png
+from ens_assets.ensemble.scoring import AUTO, BEST_SINGLE, score_methods
 from ens_assets.ensemble.tables import PredictionTableError, stack_members, stack_test
 from ens_assets.plan import EnsembleConfig
 
 SUBMISSION_FORMATS = ("conservision",)
+NO_TEST_SPLIT = ("no test split: the ensemble and its diagnostics stand on OOF scores alone and submission.csv "
+                 "is empty (hold sites out with data.test_site_fraction or data.test_sites for a held-out score)")
+NESTED_OOF_FILE = "nested_oof.parquet"
+# Prefixes of the probability columns in nested_oof.parquet (the morning report pairs nights on them).
+ENSEMBLE_PREFIX, CALIBRATED_PREFIX, BEST_PREFIX = "ensemble/", "calibrated/", "best_member/"
 
 
 @dataclass
@@ -43,6 +50,12 @@ class EnsembleResult:
     paths: dict[str, Path] = field(default_factory=dict)  # every file written, by short name
     pngs: dict[str, bytes] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # what metrics.json holds
+
+    @property
+    def test_split_note(self) -> str:
+        """One line for summaries: how many test images the submission covers, or that there are none."""
+        n = self.spec.get("test_images", 0)
+        return f"test split: {n} images" if n else NO_TEST_SPLIT
 
 
 @dataclass
@@ -76,10 +89,12 @@ def build_ensemble(
     out_dir: Path,
     submission_format: str = "conservision",
     compare_methods: Sequence[str] | None = None,
+    groups: dict[str, str] | None = None,
 ) -> EnsembleResult:
     """Fit `cfg.method` on all OOF rows, score every method honestly, write spec/scores/metrics/submission.
 
     `compare_methods` (default: all methods) are scored beside the configured one for the comparison table.
+    `groups` maps image_id to its site: the bootstrap intervals resample sites (images when None).
     """
     if submission_format not in SUBMISSION_FORMATS:
         raise ValueError(f"submission_format '{submission_format}' is not supported; use one of {SUBMISSION_FORMATS}")
@@ -99,34 +114,64 @@ def build_ensemble(
             "re-run prediction for the members that miss images"
         )
     member_flops = _member_flops(member_info, stack.members)
+    n_test = len(test_stack.image_ids)
 
     methods = [cfg.method] + [m for m in (compare_methods or METHODS) if m != cfg.method]
-    scored = score_methods(stack, methods, rounds=cfg.greedy_rounds)
+    site_of = [groups.get(i) for i in stack.image_ids] if groups else None
+    if site_of is not None and any(s is None for s in site_of):
+        site_of = None  # a partial site map would mix units; resample images instead
+    scored = score_methods(stack, methods, rounds=cfg.greedy_rounds, groups=site_of,
+                           replicates=cfg.bootstrap_replicates)
     combiner = scored.fitted[cfg.method]
-    test_probs = combiner.predict_proba(test_stack.probs)
+    temperature = scored.temperatures[cfg.method]
+    # No test split (every image labelled and in the folds): the ensemble stands on its OOF scores alone and
+    # the submission is a valid, empty table.
+    test_probs = combiner.predict_proba(test_stack.probs) if n_test else np.zeros((0, len(classes)))
+    if cfg.calibrate and n_test:
+        test_probs = apply_temperature(test_probs, temperature)
 
     spec = {
         **combiner.spec(),
+        "selected_by": AUTO if cfg.method == AUTO else "config",
+        "auto": scored.auto,
+        # Fitted on the nested OOF predictions (out-of-sample), applied to the submission when calibrate is on.
+        "temperature": temperature,
+        "calibrated": cfg.calibrate,
+        "member_temperatures": {m: scored.temperatures[m] for m in stack.members},
+        "bootstrap_unit": scored.resampler.unit,
         "nested": scored.nested,
         "oof_images": len(stack.image_ids),
         "oof_folds": sorted(int(f) for f in np.unique(stack.folds)),
         "dropped_oof_rows": stack.dropped,
+        "test_images": n_test,
         "member_info": {m: member_info.get(m, {}) for m in stack.members},
     }
-    ensemble_members = {m: c.spec()["weights"] for m, c in scored.fitted.items()}
+    ensemble_members = {m: c.spec()["weights"] for m, c in scored.fitted.items() if m in methods}
     compute = accuracy_vs_compute(scored.table, member_flops, ensemble_members)
     rows = {r["name"]: r for r in scored.table.iter_rows(named=True)}
     chosen, best = rows[cfg.method], rows[BEST_SINGLE]
+    interval_keys = ("log_loss", "log_loss_lo", "log_loss_hi", "accuracy", "accuracy_lo", "accuracy_hi",
+                     "calibrated_log_loss", "in_sample_log_loss", "in_sample_accuracy")
     metrics = {
-        "ensemble": {k: chosen[k] for k in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy")}
+        "ensemble": {k: chosen[k] for k in interval_keys}
+        | {"method": combiner.method, "temperature": temperature, "better_than_best": chosen["better_than_best"],
+           "delta_vs_best": chosen["delta_vs_best"], "delta_lo": chosen["delta_lo"], "delta_hi": chosen["delta_hi"]}
         | {"members_used": len([w for w in combiner.weights_ if w > 0]),
            "flops_per_image": int(compute.filter(pl.col("name") == cfg.method)["flops_per_image"][0])},
-        "best_member": {"log_loss": best["log_loss"], "accuracy": best["accuracy"],
+        "best_member": {k: best[k] for k in interval_keys} | {"name": best["members_used"],
                         "flops_per_image": member_flops[best["members_used"]]},
         "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"]} for m in methods},
+        "test_split": {"images": n_test},
     }
 
-    submission = pl.DataFrame({"id": test_stack.image_ids}).with_columns(
+    nested_oof = _nested_oof_table(stack, site_of, scored.nested_probs[cfg.method],
+                                   scored.calibrated_probs[cfg.method], scored.nested_probs[BEST_SINGLE])
+    curves = reliability_curves(nested_oof, classes)
+    metrics["ensemble"]["ece"] = curves["ensemble"]["ece"]
+    metrics["ensemble"]["calibrated_ece"] = curves["ensemble, temperature-scaled"]["ece"]
+    metrics["best_member"]["ece"] = curves["best member"]["ece"]
+
+    submission = pl.DataFrame({"id": test_stack.image_ids}, schema={"id": pl.String}).with_columns(
         [pl.Series(c, test_probs[:, i]) for i, c in enumerate(classes)]
     )
     pareto = pareto_png(compute)
@@ -136,6 +181,7 @@ def build_ensemble(
         "metrics": write_json(out_dir / "metrics.json", metrics),
         "compute": write_parquet(out_dir / "compute.parquet", compute),
         "pareto": write_bytes(out_dir / "pareto.png", pareto),
+        "nested_oof": write_parquet(out_dir / NESTED_OOF_FILE, nested_oof),
     }
     with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
         scored.table.write_csv(tmp)
@@ -152,10 +198,13 @@ def build_diagnostics(
     spec: dict[str, Any],
     cfg: EnsembleConfig,
     out_dir: Path,
+    nested_oof: pl.DataFrame | None = None,
 ) -> DiagnosticsResult:
     """Recall matrix, all-fail and single-win classes, shared confusions and the roadmap, from OOF + spec.
 
-    The `ensemble` row uses the spec's weights, fitted on all OOF rows (in-sample).
+    The `ensemble` row uses the spec's weights, fitted on all OOF rows (in-sample). `nested_oof` (the
+    ensemble's nested_oof.parquet) adds the reliability diagram of best member and ensemble, before/after
+    temperature scaling.
     """
     out_dir = Path(out_dir)
     stack = stack_members(oof, list(classes))
@@ -174,6 +223,8 @@ def build_diagnostics(
         "recall_matrix": recall_matrix_png(recall),
         "confusion_grid": confusion_grid_png(stack, ensemble_probs, ensemble_name=f"ensemble ({spec['method']})"),
     }
+    if nested_oof is not None:
+        pngs["reliability"] = reliability_png(reliability_curves(nested_oof, list(classes)))
     paths = {
         "roadmap": write_text(out_dir / "roadmap.md", roadmap),
         "confusions": write_parquet(out_dir / "confusions.parquet", confusions),
@@ -188,18 +239,6 @@ def build_diagnostics(
 def _metric_key(text: str) -> str:
     # MLflow keys allow alphanumerics, '_', '-', '.', ' ', '/'.
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
-
-
-def _experiment_id(client, experiment: str, tracking_uri: str) -> str:
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    artifact_location = None
-    if tracking_uri.startswith("sqlite:///"):
-        # Keep artifacts beside the database, not in whatever folder the process happens to run in.
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(experiment, artifact_location=artifact_location)
 
 
 def log_ensemble_to_mlflow(
@@ -227,11 +266,12 @@ def log_ensemble_to_mlflow(
                      + [f"- `{m}`: run `{member_run_ids.get(m, 'unknown')}`" for m in members])
     tags = {"ens_assets.kind": "ensemble", "ens_assets.method": spec["method"], "mlflow.note.content": note}
     tags.update({f"member_run.{_metric_key(m)}": rid for m, rid in member_run_ids.items() if rid})
-    run = client.create_run(_experiment_id(client, experiment, uri), run_name=f"ensemble-{spec['method']}",
+    run = client.create_run(mlflow_store.experiment_id(client, uri, experiment), run_name=f"ensemble-{spec['method']}",
                             tags=tags)
     run_id = run.info.run_id
     try:
         params = {"method": spec["method"], "n_members": len(members), "nested": spec.get("nested"),
+                  "test_images": spec.get("test_images", 0),
                   "members": ",".join(members)[:6000], "n_classes": len(spec["classes"])}
         params.update({f"weight.{_metric_key(m)}": round(w, 6) for m, w in spec["weights"].items()})
         params.update({f"member_run.{_metric_key(m)}": member_run_ids.get(m) or "none" for m in members})
@@ -256,3 +296,27 @@ def log_ensemble_to_mlflow(
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def _nested_oof_table(stack, sites, ensemble_probs: np.ndarray, calibrated_probs: np.ndarray,
+                      best_probs: np.ndarray) -> pl.DataFrame:
+    """The probabilities the reported scores come from, per image: what a later night is paired against."""
+    frame = pl.DataFrame({
+        "image_id": stack.image_ids, "fold": stack.folds.astype(np.int64), "label": [stack.classes[i] for i in stack.y],
+        "site": sites if sites is not None else stack.image_ids,
+    })
+    columns = [pl.Series(f"{prefix}{c}", probs[:, i]) for prefix, probs in
+               ((ENSEMBLE_PREFIX, ensemble_probs), (CALIBRATED_PREFIX, calibrated_probs), (BEST_PREFIX, best_probs))
+               for i, c in enumerate(stack.classes)]
+    return frame.with_columns(columns)
+
+
+def nested_probs(nested_oof: pl.DataFrame, prefix: str, classes: Sequence[str]) -> np.ndarray:
+    return nested_oof.select([f"{prefix}{c}" for c in classes]).to_numpy().astype(np.float64)
+
+
+def reliability_curves(nested_oof: pl.DataFrame, classes: list[str]) -> dict[str, dict]:
+    y = np.array([classes.index(v) for v in nested_oof["label"].to_list()])
+    return {name: reliability_bins(nested_probs(nested_oof, prefix, classes), y)
+            for name, prefix in (("best member", BEST_PREFIX), ("ensemble", ENSEMBLE_PREFIX),
+                                 ("ensemble, temperature-scaled", CALIBRATED_PREFIX))}

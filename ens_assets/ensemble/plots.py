@@ -84,3 +84,23 @@ def pareto_png(compute_df: pl.DataFrame) -> bytes:
     ax.set_ylabel("honest log loss")
     ax.legend(fontsize=7)
     return _to_png(fig)
+
+
+def reliability_png(curves: dict[str, dict]) -> bytes:
+    """Reliability diagram: top-label confidence vs accuracy per bin, one line per model, ECE in the legend.
+
+    `curves` maps a name to `calibration.reliability_bins` output.
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls=":", label="perfectly calibrated")
+    for name, bins in curves.items():
+        filled = bins["count"] > 0
+        ax.plot(bins["confidence"][filled], bins["accuracy"][filled], marker="o", ms=3,
+                label=f"{name} (ECE {bins['ece']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (nested OOF)", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    return _to_png(fig)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,11 +31,24 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 
 def model_mean_std(model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalisation the timm backbone was designed with (ImageNet's when it declares none)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = cfg.get("mean", (0.485, 0.456, 0.406))
-    std = cfg.get("std", (0.229, 0.224, 0.225))
-    return torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    """The normalisation the timm backbone's pretrained_cfg gives (timm resolve_data_config; ImageNet's
+    when it declares none): pretrained weights only see inputs scaled as they were trained on."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return torch.tensor(cfg["mean"], device=device), torch.tensor(cfg["std"], device=device)
+
+
+def resize_crops(images_u8: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
+    """uint8 N x S x S x 3 -> N x size x size x 3 (antialiased bilinear): a member's size from the shared cache."""
+    if images_u8.shape[1] == size and images_u8.shape[2] == size:
+        return images_u8
+    out = np.empty((len(images_u8), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(images_u8), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images_u8[start : start + chunk])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
 
 
 def augment_batch(x: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> torch.Tensor:

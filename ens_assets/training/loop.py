@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -38,6 +37,7 @@ from ens_assets.training.device import (
     select_device,
 )
 from ens_assets.training.models import create_member_model
+from ens_assets.training.optim import create_member_optimizer, freeze_backbone
 from ens_assets.training.predict import predict_logits
 
 RECOVERY_FORMAT = 1
@@ -82,7 +82,7 @@ def train_member_model(
 ) -> TrainOutcome:
     """Create the backbone (seeded init) and train it; see `fit`."""
     torch.manual_seed(seed)
-    model = create_member_model(backbone, num_classes, pretrained, base_dir)
+    model = create_member_model(backbone, num_classes, pretrained, base_dir, log=log)
     return fit(
         model, train_images, train_labels, val_images, val_labels,
         num_classes=num_classes, recipe=recipe, config=config, budget=budget, seed=seed,
@@ -128,7 +128,7 @@ def fit(
     labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     val_labels_t = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
 
-    optimizer = create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = create_member_optimizer(model, config)  # layer decay / head lr groups when the recipe asks
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=config.sched,
@@ -164,9 +164,10 @@ def fit(
         scheduler.step(epoch)
         lr = optimizer.param_groups[0]["lr"]
         generator = _seed_epoch(seed, epoch, device)
+        frozen = epoch < config.freeze_epochs  # linear-probe warm-up: only the head learns
         train_loss, train_acc, seen = _train_epoch(
             model, train_u8, labels, config.batch_size, recipe, mixup, criterion,
-            optimizer, scaler, ema, generator, mean, std, fmt, device, step_offset=epoch,
+            optimizer, scaler, ema, generator, mean, std, fmt, device, step_offset=epoch, frozen=frozen,
         )  # fmt: skip
         train_seconds = time.perf_counter() - epoch_start
         eval_model = ema.module if ema is not None else model
@@ -179,7 +180,7 @@ def fit(
         state["elapsed_s"] += time.perf_counter() - epoch_start
         state["history"].append(
             dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                 lr=lr, epoch_seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
+                 lr=lr, frozen_backbone=float(frozen), epoch_seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
         )  # fmt: skip
         if val_loss < state["best_val_loss"]:
             state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=_cpu_copy(eval_model))
@@ -212,9 +213,10 @@ def fit(
 
 def _train_epoch(
     model, train_u8, labels, batch_size, recipe, mixup, criterion, optimizer, scaler, ema, generator,
-    mean, std, fmt, device, step_offset,
+    mean, std, fmt, device, step_offset, frozen=False,
 ) -> tuple[float, float, int]:  # fmt: skip
     model.train()
+    freeze_backbone(model, frozen)
     n = len(labels)
     order = torch.randperm(n, generator=generator)
     loss_sum, correct, seen = 0.0, 0, 0

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import copy
-import os
+import logging
 from pathlib import Path
+from typing import Any, Callable
 
 import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ens_assets.training.imagenet_check import MAX_DISTANCE, REFERENCE_IMAGE, check_against_record
+from ens_assets.training.pretrained import (
+    PretrainedError,
+    PretrainedSource,
+    map_state_dict,
+    parse_source,
+    read_state_dict,
+    resolve_weights_file,
+    source_head_rows,
+)
+
+_logger = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -21,13 +35,15 @@ def create_member_model(
     num_classes: int,
     pretrained: str | None,
     base_dir: Path | None = None,
+    log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """Build a timm classifier with `num_classes` outputs.
+    """Build a timm classifier with `num_classes` outputs, random init or from a pretrained source.
 
-    pretrained: None = random init; a path to a local weights file (.safetensors / .pth, relative to
-    `base_dir`) loaded through timm's own pretrained machinery, so a classifier head of another size is
-    dropped and re-initialised as timm does; "cache" = the weights already in the local Hugging Face
-    cache (never downloaded: no network is touched).
+    pretrained: None = random init; otherwise a source of ens_assets.training.pretrained (package:<module>,
+    file:<path> or a bare path relative to `base_dir`, cache, hub). The weights are mapped onto the
+    backbone's tensors, checked against their ImageNet record when one exists (the architecture variant
+    matters), and the classifier head is replaced for `num_classes`. How it went is logged and kept on
+    the model as `model.pretrained_load` (a LoadReport).
     """
     if not timm.is_model(backbone):
         near = timm.list_models(f"*{backbone.split('_')[0]}*")[:8]
@@ -36,47 +52,41 @@ def create_member_model(
         raise ModelError(f"num_classes = {num_classes}: a classifier needs at least two classes")
     if pretrained is None:
         return timm.create_model(backbone, pretrained=False, num_classes=num_classes)
-    weights = _cached_weights_file(backbone) if pretrained == "cache" else _local_weights_file(pretrained, base_dir)
+    log = log or _logger.info
     try:
-        return timm.create_model(
-            backbone, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(weights))
-        )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        raise ModelError(
-            f"weights file {weights} does not fit backbone '{backbone}': {str(exc).splitlines()[0]}. "
-            "Give weights saved from the same timm architecture"
-        ) from None
+        return _pretrained_model(backbone, num_classes, parse_source(pretrained), base_dir, log)
+    except PretrainedError as exc:
+        raise ModelError(str(exc)) from None
 
 
-def _local_weights_file(pretrained: str, base_dir: Path | None) -> Path:
-    path = Path(pretrained)
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    if not path.is_file():
-        raise ModelError(
-            f"pretrained weights file {path} does not exist; give a local .safetensors/.pth file, "
-            "'cache' for the local Hugging Face cache, or nothing for random init"
-        )
-    return path
-
-
-def _cached_weights_file(backbone: str) -> Path:
-    """The backbone's default pretrained weights from the local HF cache, without any network call."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = timm.models.get_pretrained_cfg(backbone)
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if repo:
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str):
-                return Path(found)
-    raise ModelError(
-        f"pretrained: cache was asked for '{backbone}' but its weights ({repo or 'no Hugging Face id'}) are "
-        "not in the local Hugging Face cache. This platform never downloads weights: copy the file in "
-        "(huggingface-cli download on a connected machine) or set pretrained to a local weights file"
-    )
+def _pretrained_model(backbone: str, num_classes: int, source: PretrainedSource, base_dir: Path | None, log) -> nn.Module:
+    path = resolve_weights_file(source, backbone, base_dir)
+    state = read_state_dict(path)
+    origin = f"{source} ({path.name})"
+    model = timm.create_model(backbone, pretrained=False)
+    rows = source_head_rows(state, model)
+    if rows is not None and rows != model.num_classes:
+        model = timm.create_model(backbone, pretrained=False, num_classes=rows)  # the source's own head, to check it
+    usable, report = map_state_dict(state, model, origin)
+    model.load_state_dict(usable, strict=False)
+    if source.kind == "package" and not report.skipped_head:
+        result = check_against_record(model, source.target or "")
+        if result is not None:
+            report.check = result.to_dict()
+            if not result.passed:
+                raise ModelError(
+                    f"pretrained {source} loaded into '{backbone}' fails its ImageNet self-check: on the reference photo "
+                    f"({REFERENCE_IMAGE}) it predicts {result.top} at distance {result.distance:.3f} from the "
+                    f"recorded output (allowed {MAX_DISTANCE}). These weights compute correctly in "
+                    f"'{result.made_for}'; use that backbone (the architecture variant, e.g. TF 'same' padding, matters)"
+                )
+            log(f"pretrained {source}: ImageNet self-check passed (distance {result.distance:.4f}, top {result.top[0]})")
+    if model.num_classes != num_classes:
+        report.head_replaced = f"{model.num_classes} -> {num_classes} classes"
+        model.reset_classifier(num_classes)
+    log(f"{backbone}: {report.summary()}")
+    model.pretrained_load = report
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,8 +17,10 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import write_parquet
+from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
 from ens_assets.training.checkpoint import discard_recovery, load_checkpoint, read_sidecar, save_checkpoint
+from ens_assets.training.augment import resize_crops
 from ens_assets.training.device import select_device
 from ens_assets.training.loop import train_member_model
 from ens_assets.training.metrics import per_class_metrics, probability_metrics, write_confusion_matrix
@@ -52,6 +54,11 @@ class _FoldInputs:
     crops_hash: str
     folds_hash: str
     images_without_crops: int  # training images the crop stage quarantined (no crop at this threshold)
+    image_size: int  # the member's input size; the cache may hold larger crops (the largest any member needs)
+
+    def gather(self, rows: pl.Series) -> np.ndarray:
+        """The crops of `rows`, at the member's input size."""
+        return resize_crops(np.ascontiguousarray(self.images[rows.to_numpy()]), self.image_size)
 
 
 # --- fingerprints ---------------------------------------------------------------------------------
@@ -65,10 +72,25 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
     return {**spec, "budget": plan.budget_for_fold(fold).model_dump(mode="json"), "fold": str(fold)}
 
 
+# What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
+# subset-ensemble trainer runs only for subset members, so an edit to either retrains nothing else.
+TRAINING_CODE_ROOT = "ens_assets.training.run"
+_REPORTING_ONLY = ("ens_assets.training.tracking",)
+_SUBSET_TRAINER = "ens_assets.subsets.member_training"
+
+
+def training_code_version(member: Member) -> str:
+    """Hash of the project sources that train this member's checkpoints (see ens_assets.code_version)."""
+    skip = _REPORTING_ONLY if member.strategy == "subset" else (*_REPORTING_ONLY, _SUBSET_TRAINER)
+    return code_version([TRAINING_CODE_ROOT], skip)
+
+
 def fingerprint(plan: Plan, member: Member | str, fold: int | str, crops_hash: str, folds_hash: str) -> str:
+    m = plan.member(member) if isinstance(member, str) else member
     return stable_hash(
-        {"spec": stable_hash(checkpoint_spec(plan, member, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold)}
-    )
+        {"spec": stable_hash(checkpoint_spec(plan, m, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold),
+         "code": training_code_version(m)}
+    )  # fmt: skip
 
 
 def _folds_hash(folds: pl.DataFrame) -> str:
@@ -131,16 +153,13 @@ def _load_inputs(plan: Plan, member: Member) -> _FoldInputs:
         crops_hash=str(cache.content_hash()),
         folds_hash=_folds_hash(folds),
         images_without_crops=without_crops,
+        image_size=plan.image_size(member),
     )
 
 
 def _label_indices(labels: pl.Series, classes: list[str]) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(classes)}
     return np.array([lookup[str(v)] for v in labels.to_list()], dtype=np.int64)
-
-
-def _gather(images: np.ndarray, rows: pl.Series) -> np.ndarray:
-    return np.ascontiguousarray(images[rows.to_numpy()])
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -173,6 +192,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
             metrics=sidecar.get("metrics", {}), mlflow_run_id=sidecar.get("mlflow_run_id"), mlflow_url=sidecar.get("mlflow_url"),
         )  # fmt: skip
 
+    started_unix = time.time()  # the MLflow run's start: its duration is the training's
     held_out = _held_out_fold(fold_key)
     train_part = inputs.train_crops.filter(pl.col("fold") != held_out)
     val_part = inputs.train_crops.filter(pl.col("fold") == held_out)
@@ -189,16 +209,17 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         f"{len(classes)} classes, budget {budget.epochs} epochs / {budget.time_budget_s:.0f}s"
     )
     fold_arrays = (
-        _gather(inputs.images, train_part["row"]), _label_indices(train_part["label"], classes),
-        _gather(inputs.images, val_part["row"]), _label_indices(val_part["label"], classes),
+        inputs.gather(train_part["row"]), _label_indices(train_part["label"], classes),
+        inputs.gather(val_part["row"]), _label_indices(val_part["label"], classes),
     )  # fmt: skip
     if member.strategy == "subset":
         # Same inputs and outputs as the standard loop; its extra metrics/artifacts/sidecar come in outcome.extra.
         from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
         data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
-        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
-        write_scored_images(out_dir, train_part)
+        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key,
+                                      log=log, train_groups=train_part["image_id"].to_numpy())
+        write_scored_images(out_dir, train_part[outcome.extra.pop("scored_rows").tolist()])
     else:
         outcome = train_member_model(
             member.backbone, len(classes), *fold_arrays,
@@ -211,7 +232,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
     model = create_member_model(member.backbone, len(classes), None)
     model.load_state_dict(outcome.best_state)
     model.to(device)
-    crop_probs = predict_proba(model, _gather(inputs.images, val_part["row"]), config.batch_size * 2, device)
+    crop_probs = predict_proba(model, inputs.gather(val_part["row"]), config.batch_size * 2, device)
     image_ids, probs = per_image_mean(val_part, crop_probs)
     labels_by_image = dict(val_part.select("image_id", "label").unique().iter_rows())
     y_true = _label_indices(pl.Series([labels_by_image[i] for i in image_ids]), classes)
@@ -230,7 +251,8 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         "wall_seconds": outcome.wall_seconds,
         "train_seconds": outcome.train_seconds,
         "peak_memory_mb": outcome.peak_memory_mb,
-        "flops_per_image": flops_per_image(model, plan.crops.image_size),
+        "flops_per_image": flops_per_image(model, inputs.image_size),
+        "image_size": inputs.image_size,
         "param_count": count_parameters(model),
         "n_train_crops": train_part.height,
         "n_val_crops": val_part.height,
@@ -251,13 +273,14 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
               "fingerprint": print_},
         params=spec, history=outcome.history, metrics=metrics,
         artifacts=[confusion_json, confusion_png, *outcome.extra.get("artifacts", [])],
-        run_name=f"{member.key}|{fold_key}",
+        run_name=f"{member.key}|{fold_key}", started_unix=started_unix,
     )  # fmt: skip
     save_checkpoint(
         out_dir,
         outcome.best_state,
         {
             "fingerprint": print_,
+            "code_version": training_code_version(member),
             "member": member.key,
             "fold": fold_key,
             "held_out_fold": held_out,
@@ -316,7 +339,7 @@ def predict_member_oof(plan: Plan, member_key: str) -> pl.DataFrame:
         classes = fold_classes
         held_out = _held_out_fold(fold_key)
         part = inputs.train_crops.filter(pl.col("fold") == held_out)
-        image_ids, probs = per_image_mean(part, predict_proba(model, _gather(inputs.images, part["row"]), batch_size, device))
+        image_ids, probs = per_image_mean(part, predict_proba(model, inputs.gather(part["row"]), batch_size, device))
         labels = part.select("image_id", "label").unique(subset="image_id")
         frame = pl.DataFrame({"image_id": image_ids, "fold": np.full(len(image_ids), held_out, dtype=np.int64)})
         frame = frame.join(labels, on="image_id", how="left").with_columns(pl.col("label").cast(pl.Utf8))
@@ -333,22 +356,30 @@ def predict_member_test(plan: Plan, member_key: str) -> pl.DataFrame:
     """
     member = plan.member(member_key)
     inputs = _load_inputs(plan, member)
-    if inputs.test_crops.height == 0:
-        raise ValueError(f"{plan.crops_dir(threshold_key(member.threshold))}: the crop cache holds no test-split crops to predict")
     device = select_device()
     batch_size = plan.training_config(member).batch_size * 2
-    test_images = _gather(inputs.images, inputs.test_crops["row"])
+    test_images = inputs.gather(inputs.test_crops["row"])
     total, classes = None, None
     fold_keys = plan.prediction_folds(member)
     for fold_key in fold_keys:
+        # Loaded even when there is nothing to predict: a stale checkpoint is an error either way.
         model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
         if classes is not None and fold_classes != classes:
             raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
         classes = fold_classes
+        if inputs.test_crops.height == 0:
+            continue  # no test split (every image labelled and used for folds): an empty table, not an error
         probs = predict_proba(model, test_images, batch_size, device).astype(np.float64)
         total = probs if total is None else total + probs
-    image_ids, probs = per_image_mean(inputs.test_crops, (total / len(fold_keys)).astype(np.float32))
-    frame = pl.concat([pl.DataFrame({"image_id": image_ids}), pl.DataFrame(probs, schema=classes)], how="horizontal")
+    if total is None:
+        image_ids, probs = np.array([], dtype=str), np.zeros((0, len(classes)), dtype=np.float32)
+    else:
+        image_ids, probs = per_image_mean(inputs.test_crops, (total / len(fold_keys)).astype(np.float32))
+    frame = pl.concat(
+        [pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String}),
+         pl.DataFrame(probs, schema={c: pl.Float32 for c in classes})],
+        how="horizontal",
+    )
     frame = pl.concat([frame, _class_prior_rows(plan, frame["image_id"], classes)]).sort("image_id")
     write_parquet(plan.test_predictions_path(member.key), frame)
     return frame

@@ -134,7 +134,7 @@ def test_test_site_fraction_holds_out_whole_sites(small_demo, tmp_path):
     root = _copy_demo(small_demo, tmp_path / "zamba")
     rows = _train_images(root)
     (root / "labels.csv").write_text("\n".join(["filepath,label,site"] + [f"images/{i}.jpg,{c},{s}" for i, c, s in rows]) + "\n")
-    raw = {"data": {"layout": "zamba", "root": str(root), "test_site_fraction": 0.3}, "members": MEMBERS}
+    raw = {"data": {"layout": "zamba", "root": str(root), "test_site_fraction": 0.3}, "members": [{"backbone": "test_resnet", "recipe": "geo"}]}
     manifest = load_manifest(plan_from_dict(raw, tmp_path, check_backbones=False))
     test_sites = set(manifest.filter(pl.col("split") == "test")["site"])
     train_sites = set(manifest.filter(pl.col("split") == "train")["site"])
@@ -202,3 +202,15 @@ def test_missing_image_file_is_not_a_manifest_error(small_demo, tmp_path):
     first.unlink()
     manifest = ingest_conservision(root)
     assert manifest.height == 40 and manifest.filter(pl.col("path") == str(first)).height == 1
+
+
+def test_labels_in_nfc_find_a_file_named_in_nfd(tmp_path):
+    import unicodedata
+
+    from .exif_photos import write_photo
+
+    nfd = unicodedata.normalize("NFD", "Forêt/chevreuil_été.jpg")
+    write_photo(tmp_path / nfd, 0)
+    (tmp_path / "labels.csv").write_text(f"filepath,label\n{unicodedata.normalize('NFC', 'Forêt/chevreuil_été.jpg')},deer\n")
+    manifest = ingest_zamba(tmp_path)
+    assert Path(manifest["path"][0]).is_file()

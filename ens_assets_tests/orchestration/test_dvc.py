@@ -21,6 +21,7 @@ OUTS = (
     "data/work/manifest.parquet",
     "data/work/detections.parquet",
     "data/work/folds.parquet",
+    "data/work/folds.json",
     "data/work/crops/0.05/images.npy",
     "data/work/crops/0.20/images.npy",
     "data/work/oof/test_resnet.t005.geo.parquet",

@@ -27,7 +27,7 @@ START_TIMEOUT_S = 150
 STOP_TIMEOUT_S = 20
 
 EXPECTED_CHECKS = {
-    "folds": "folds_split_by_site",
+    "folds": "folds_keep_groups_together",
     "crops": "every_image_accounted_for",
     "checkpoints": "smoke_gate",
     "oof_predictions": "oof_covers_each_training_image_once",
