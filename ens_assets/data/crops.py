@@ -14,8 +14,7 @@ import json
 import multiprocessing
 import signal
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,10 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from ens_assets.atomic import replace_dir
+from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
-from ens_assets.plan import NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
+from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
+from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
 INDEX_SCHEMA = pl.Schema(
     {
@@ -42,9 +42,9 @@ INDEX_SCHEMA = pl.Schema(
         "h": pl.Float64,
     }
 )
-QUARANTINE_SCHEMA = pl.Schema({"image_id": pl.String, "rel_path": pl.String, "split": pl.String, "reason": pl.String})
 _COPY_BLOCK_ROWS = 2048
-_LETTERBOX_FILL = (128, 128, 128)  # the grey images.py composites transparency onto
+_LETTERBOX_FILL = (128, 128, 128)
+_ROW_PREFIX = re.compile(r"^/.*?: ")  # ingest reasons start with '<absolute file> row N (id X): '  # the grey images.py composites transparency onto
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,16 @@ def build_crop_cache(
     workers: int | None = None,
     *,
     max_pixels: int = DataConfig().max_image_pixels,
+    label_rows: pl.DataFrame | None = None,
 ) -> dict:
     """Build the crop cache for one threshold into out_dir (replacing it atomically); return the summary.
 
     threshold: a detector confidence, or the crops key 'full' (no detector: every image is its whole
     frame, letterboxed to square). workers: processes to use; None takes cfg.workers, 0 means all cores.
+    label_rows: label rows the ingest quarantined (QUARANTINE_SCHEMA); listed and counted with the bad
+    images, so the summary accounts for every input row.
     """
+    label_rows = quarantine_frame([]) if label_rows is None else label_rows.select(list(QUARANTINE_SCHEMA))
     out_dir = Path(out_dir)
     whole_frames = threshold_key(threshold) == NO_DETECTOR_KEY
     settings = _Settings(
@@ -190,15 +194,15 @@ def build_crop_cache(
     )
     if whole_frames:
         jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
+    elif threshold_key(threshold) == ANNOTATED_BOXES_KEY:  # annotated boxes: no confidence to threshold
+        jobs = _jobs(manifest, detections, 0.0, cfg.categories)
     else:
         jobs = _jobs(manifest, detections, float(threshold), cfg.categories)
     n_workers = _resolve_workers(workers, cfg)
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with building_dir(out_dir) as building:
         index_rows: list[dict] = []
         quarantine_rows: list[dict] = []
         raw_path = building / "images.raw"
@@ -223,16 +227,12 @@ def build_crop_cache(
         raw_path.unlink()
 
         index = pl.DataFrame(index_rows, schema=INDEX_SCHEMA) if index_rows else pl.DataFrame(schema=INDEX_SCHEMA)
-        quarantine = (
-            pl.DataFrame(quarantine_rows, schema=QUARANTINE_SCHEMA) if quarantine_rows else pl.DataFrame(schema=QUARANTINE_SCHEMA)
-        )
-        summary = _summary(manifest, detections, index, quarantine, threshold, cfg)
+        quarantine = pl.concat([label_rows, quarantine_frame(quarantine_rows)])
+        summary = _summary(manifest, detections, index, quarantine, threshold, cfg, n_label_rows=label_rows.height)
         index.write_parquet(building / "index.parquet")
         quarantine.write_parquet(building / "quarantine.parquet")
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return summary
 
 
@@ -249,6 +249,15 @@ def _raw_to_npy(raw_path: Path, npy_path: Path, n: int, size: int) -> None:
     del source, target
 
 
+def _by_reason(quarantine: pl.DataFrame) -> dict[str, int]:
+    """Counts per kind of problem: the reason without its 'file row N: ' prefix, up to the first ';' or ':'."""
+    counts: dict[str, int] = {}
+    for reason in quarantine["reason"].to_list():
+        kind = re.split(r"[;:(]", _ROW_PREFIX.sub("", reason, count=1), maxsplit=1)[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _per_label(frame: pl.DataFrame) -> dict[str, int]:
     counts = frame.with_columns(pl.col("label").fill_null("(unlabelled)")).group_by("label").len().sort("label")
     return dict(counts.iter_rows())
@@ -261,6 +270,7 @@ def _summary(
     quarantine: pl.DataFrame,
     threshold: float | str,
     cfg: CropConfig,
+    n_label_rows: int = 0,
 ) -> dict:
     detection_rows = index.filter(pl.col("source") == "detection")
     fallback_rows = index.filter(pl.col("source") == "fallback")
@@ -269,7 +279,8 @@ def _summary(
     summary = {
         "threshold": threshold_key(threshold),
         "cfg": cfg.model_dump(mode="json", exclude={"thresholds", "workers"}),
-        "n_images": manifest.height,
+        "n_images": manifest.height + n_label_rows,  # label rows quarantined at ingest count as inputs
+        "n_quarantined_label_rows": n_label_rows,
         "n_used": n_used,
         "n_fallback_only": n_fallback,
         "n_quarantined": quarantine.height,
@@ -278,6 +289,7 @@ def _summary(
         "crops_per_class": _per_label(detection_rows),
         "fallbacks_per_class": _per_label(fallback_rows),
         "quarantined_per_class": _per_label(quarantine.join(manifest.select("image_id", "label"), on="image_id", how="left")),
+        "quarantined_by_reason": _by_reason(quarantine),
         "per_split": {
             split: {
                 "detection": detection_rows.filter(pl.col("split") == split).height,

@@ -24,6 +24,8 @@ class ImageProblem(Exception):
 def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     """Decode `path` to RGB uint8 with EXIF orientation applied, or raise ImageProblem."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageProblem("is a folder, not an image file: point its row at the image inside it or remove the row")
     if not path.is_file():
         raise ImageProblem("missing file: restore it or remove its row from the labels")
     try:

@@ -9,6 +9,7 @@ from ens_assets.atomic import write_parquet
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.partitions import threshold_partitions
 from ens_assets.defs.resources import PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -40,16 +41,48 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[source_images], kinds={"polars"})
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
-        from ens_assets.data.ingest import load_manifest, manifest_summary
+        refuse_failed_inputs(context)
+        from ens_assets.atomic import write_json
+        from ens_assets.data.ingest import ingest, manifest_summary
 
         plan = plan_resource.load()
-        frame = load_manifest(plan)
+        ingested = ingest(plan)
+        frame = ingested.manifest
         write_parquet(plan.manifest_path, frame)
+        write_parquet(plan.manifest_quarantine_path, ingested.quarantine)
         summary = manifest_summary(frame)
+        report = {
+            "n_images": frame.height,
+            "n_quarantined_label_rows": ingested.quarantine.height,
+            "quarantined_label_rows": ingested.quarantine.head(200).to_dicts(),
+            "folds_k": plan.folds.k,
+            "small_classes": ingested.small_classes,
+            "notes": ingested.notes,
+        }
+        write_json(plan.manifest_report_path, report)
+        for note in ingested.notes:
+            context.log.warning(note)
+        if ingested.quarantine.height:
+            context.log.warning(
+                f"{ingested.quarantine.height} label row(s) quarantined (e.g. {ingested.quarantine['reason'][0]}); "
+                f"list in {plan.manifest_quarantine_path}"
+            )
+        if ingested.small_classes:
+            context.log.warning(
+                f"classes with fewer images than folds.k = {plan.folds.k}: {ingested.small_classes}; some folds validate "
+                "without them (set data.min_class_images to drop or merge them)"
+            )
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.manifest_path)),
                 "dagster/row_count": frame.height,
+                "quarantined_label_rows": ingested.quarantine.height,
+                "quarantine_examples": dg.MetadataValue.md(
+                    frame_markdown(ingested.quarantine.select("image_id", "reason"), max_rows=20)
+                    if ingested.quarantine.height else "none"
+                ),
+                "classes_with_fewer_images_than_folds": dg.MetadataValue.json(ingested.small_classes),
+                "notes": dg.MetadataValue.json(ingested.notes),
                 **table_metadata(summary),
             }
         )
@@ -57,6 +90,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"polars"})
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
+        refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
         from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
 
@@ -68,6 +102,17 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
             context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
             return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
+        if plan.detection_source == "observations":
+            from ens_assets.data.camtrap_dp import observation_detections
+
+            frame = observation_detections(plan.data_root, frame_manifest)
+            write_parquet(plan.detections_path, frame)
+            with_box = frame.filter(pl.col("conf").is_not_null())["image_id"].n_unique()
+            write_json(plan.detections_summary_path, {"source": "camtrap-dp observations", "images_with_boxes": with_box,
+                                                      "images": frame_manifest.height})  # fmt: skip
+            return dg.MaterializeResult(
+                metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
+            )
         json_path = resolve_detections_json(plan, frame_manifest)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
@@ -99,6 +144,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
         cached as a uint8 memmap."""
+        refuse_failed_inputs(context)
         from ens_assets.data.crops import build_crop_cache
 
         plan = plan_resource.load()
@@ -110,6 +156,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
             max_pixels=plan.data.max_image_pixels,
+            label_rows=pl.read_parquet(plan.manifest_quarantine_path) if plan.manifest_quarantine_path.is_file() else None,
         )
         return dg.MaterializeResult(
             metadata={"path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))), **table_metadata(summary)}
@@ -118,6 +165,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
+        refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
         from ens_assets.data.folds import make_folds
 

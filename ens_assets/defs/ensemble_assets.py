@@ -6,6 +6,7 @@ import dagster as dg
 from ens_assets.atomic import write_json
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -17,6 +18,7 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
+        refuse_failed_inputs(context)
         from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
@@ -38,6 +40,7 @@ def build_ensemble_assets(
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
         run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        context.log.info(result.test_split_note)
         run_page = _mlflow_run_page(plan, tracking_uri, run_id)
         # The diagnostics asset logs its plots into this same run.
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
@@ -52,6 +55,7 @@ def build_ensemble_assets(
                 "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
+                "test_split": dg.MetadataValue.text(result.test_split_note),
                 "mlflow_run_id": run_id,
                 "mlflow_run": dg.MetadataValue.url(run_page),
                 **table_metadata(_headline(result.scores)),
@@ -63,6 +67,7 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
+        refuse_failed_inputs(context)
         import json
 
         import polars as pl

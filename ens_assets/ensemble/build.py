@@ -34,6 +34,8 @@ from ens_assets.ensemble.tables import PredictionTableError, stack_members, stac
 from ens_assets.plan import EnsembleConfig
 
 SUBMISSION_FORMATS = ("conservision",)
+NO_TEST_SPLIT = ("no test split: the ensemble and its diagnostics stand on OOF scores alone and submission.csv "
+                 "is empty (hold sites out with data.test_site_fraction or data.test_sites for a held-out score)")
 NESTED_OOF_FILE = "nested_oof.parquet"
 # Prefixes of the probability columns in nested_oof.parquet (the morning report pairs nights on them).
 ENSEMBLE_PREFIX, CALIBRATED_PREFIX, BEST_PREFIX = "ensemble/", "calibrated/", "best_member/"
@@ -48,6 +50,12 @@ class EnsembleResult:
     paths: dict[str, Path] = field(default_factory=dict)  # every file written, by short name
     pngs: dict[str, bytes] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # what metrics.json holds
+
+    @property
+    def test_split_note(self) -> str:
+        """One line for summaries: how many test images the submission covers, or that there are none."""
+        n = self.spec.get("test_images", 0)
+        return f"test split: {n} images" if n else NO_TEST_SPLIT
 
 
 @dataclass
@@ -107,6 +115,7 @@ def build_ensemble(
             "re-run prediction for the members that miss images"
         )
     member_flops = _member_flops(member_info, stack.members)
+    n_test = len(test_stack.image_ids)
 
     methods = [cfg.method] + [m for m in (compare_methods or METHODS) if m != cfg.method]
     site_of = [groups.get(i) for i in stack.image_ids] if groups else None
@@ -116,8 +125,10 @@ def build_ensemble(
                            replicates=cfg.bootstrap_replicates)
     combiner = scored.fitted[cfg.method]
     temperature = scored.temperatures[cfg.method]
-    test_probs = combiner.predict_proba(test_stack.probs)
-    if cfg.calibrate:
+    # No test split (every image labelled and in the folds): the ensemble stands on its OOF scores alone and
+    # the submission is a valid, empty table.
+    test_probs = combiner.predict_proba(test_stack.probs) if n_test else np.zeros((0, len(classes)))
+    if cfg.calibrate and n_test:
         test_probs = apply_temperature(test_probs, temperature)
 
     spec = {
@@ -133,6 +144,7 @@ def build_ensemble(
         "oof_images": len(stack.image_ids),
         "oof_folds": sorted(int(f) for f in np.unique(stack.folds)),
         "dropped_oof_rows": stack.dropped,
+        "test_images": n_test,
         "member_info": {m: member_info.get(m, {}) for m in stack.members},
     }
     ensemble_members = {m: c.spec()["weights"] for m, c in scored.fitted.items() if m in methods}
@@ -150,6 +162,7 @@ def build_ensemble(
         "best_member": {k: best[k] for k in interval_keys} | {"name": best["members_used"],
                         "flops_per_image": member_flops[best["members_used"]]},
         "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"]} for m in methods},
+        "test_split": {"images": n_test},
     }
 
     nested_oof = _nested_oof_table(stack, site_of, scored.nested_probs[cfg.method],
@@ -159,7 +172,7 @@ def build_ensemble(
     metrics["ensemble"]["calibrated_ece"] = curves["ensemble, temperature-scaled"]["ece"]
     metrics["best_member"]["ece"] = curves["best member"]["ece"]
 
-    submission = pl.DataFrame({"id": test_stack.image_ids}).with_columns(
+    submission = pl.DataFrame({"id": test_stack.image_ids}, schema={"id": pl.String}).with_columns(
         [pl.Series(c, test_probs[:, i]) for i, c in enumerate(classes)]
     )
     pareto = pareto_png(compute)
@@ -259,6 +272,7 @@ def log_ensemble_to_mlflow(
     run_id = run.info.run_id
     try:
         params = {"method": spec["method"], "n_members": len(members), "nested": spec.get("nested"),
+                  "test_images": spec.get("test_images", 0),
                   "members": ",".join(members)[:6000], "n_classes": len(spec["classes"])}
         params.update({f"weight.{_metric_key(m)}": round(w, 6) for m, w in spec["weights"].items()})
         params.update({f"member_run.{_metric_key(m)}": member_run_ids.get(m) or "none" for m in members})

@@ -125,6 +125,8 @@ def _common_ids(tables: dict[str, pl.DataFrame], what: str) -> tuple[list[str], 
     id_sets = {name: set(t["image_id"].cast(pl.String).to_list()) for name, t in tables.items()}
     common = set.intersection(*id_sets.values())
     dropped = {name: len(ids) - len(common) for name, ids in id_sets.items()}
+    if not common and what == "test predictions" and not any(id_sets.values()):
+        return [], dropped  # no test split: every member's table is empty, which is valid
     if not common:
         sizes = {name: len(ids) for name, ids in id_sets.items()}
         raise PredictionTableError(
@@ -176,14 +178,17 @@ def stack_members(tables: dict[str, pl.DataFrame], classes: list[str]) -> Member
 
 
 def stack_test(tables: dict[str, pl.DataFrame], classes: list[str]) -> TestStack:
-    """Align test-prediction tables (`image_id, <class>...`) on the image_ids every member covers."""
+    """Align test-prediction tables (`image_id, <class>...`) on the image_ids every member covers.
+
+    Tables that are all empty (a dataset without a test split) give a stack of zero images.
+    """
     _validate_inputs(tables, classes)
     for name, table in tables.items():
         _check_columns(name, table, ["image_id"], classes)
     ids, dropped = _common_ids(tables, "test predictions")
-    order = pl.DataFrame({"image_id": ids})
+    order = pl.DataFrame({"image_id": ids}, schema={"image_id": pl.String})
     probs = [
         _probabilities(name, order.join(t.with_columns(pl.col("image_id").cast(pl.String)), on="image_id", how="left"), classes)
         for name, t in tables.items()
     ]
-    return TestStack(list(tables), np.stack(probs), ids, list(classes), dropped)
+    return TestStack(list(tables), np.stack(probs).reshape(len(tables), len(ids), len(classes)), ids, list(classes), dropped)

@@ -38,7 +38,7 @@ def test_build_ensemble_writes_spec_scores_metrics_compute_and_submission(built)
     assert sorted(submission["id"].to_list()) == sorted(test["a"]["image_id"].to_list())
     np.testing.assert_allclose(submission.select(CLASSES).to_numpy().sum(axis=1), 1.0, atol=1e-9)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"ensemble", "best_member", "methods"}
+    assert set(metrics) == {"ensemble", "best_member", "methods", "test_split"}
     assert set(metrics["methods"]) == {"greedy", "mean", "weighted"}
     assert metrics["ensemble"]["log_loss"] == result.scores.filter(pl.col("name") == "greedy")["log_loss"][0]
     assert pl.read_parquet(out / "compute.parquet")["pareto"].any()
@@ -83,3 +83,17 @@ def test_log_ensemble_to_mlflow_records_a_linked_run(built, tmp_path, monkeypatc
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
     assert {"spec.json", "submission.csv", "roadmap.md", "pareto.png", "recall_matrix.png"} <= artifacts
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts sit beside the database, not in the cwd
+
+
+def test_no_test_split_builds_from_oof_alone_with_an_empty_submission(tmp_path):
+    from ens_assets.ensemble.build import NO_TEST_SPLIT
+
+    oof, test = planted_members(n=150)
+    empty = {m: t.head(0) for m, t in test.items()}
+    result = build_ensemble(oof, empty, CLASSES, INFO, CFG, tmp_path)
+    assert result.spec["test_images"] == 0 and result.test_split_note == NO_TEST_SPLIT
+    submission = pl.read_csv(tmp_path / "submission.csv")
+    assert submission.columns == ["id", *CLASSES] and submission.height == 0
+    assert result.metrics["ensemble"]["log_loss"] == result.scores.filter(pl.col("name") == "greedy")["log_loss"][0]
+    diagnostics = build_diagnostics(oof, CLASSES, result.spec, CFG, tmp_path / "diagnostics")
+    assert diagnostics.all_fail == ["rodent"]
