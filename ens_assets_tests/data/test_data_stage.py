@@ -39,6 +39,12 @@ def _run_data_stage(project: Path, params: dict):
     return runner, lines, code
 
 
+def _detectorless_params(data: dict, k: int) -> dict:
+    """A tiny plan without data.detections: members name no threshold."""
+    members = [{"backbone": "test_resnet", "recipe": "geo"}]
+    return {"data": data, "crops": {"image_size": 16}, "folds": {"k": k}, "members": members, "workdir": "work"}
+
+
 def _latest_materialization(runner, asset: str) -> dict:
     event = runner.instance.get_latest_materialization_event(dg.AssetKey(asset))
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -81,14 +87,7 @@ def test_no_detector_plan_runs_data_and_crops_through_dagster(tmp_path, instance
     """Pre-cropped or detector-less photos: no data.detections, members without a threshold."""
     root = tmp_path / "photos"
     truth = write_burst_dataset(root, cameras=2, bursts_per_camera=3, frames=2)
-    params = {
-        "data": {"layout": "zamba", "root": "photos"},
-        "crops": {"image_size": 16},
-        "folds": {"k": 2},
-        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
-        "workdir": "work",
-    }
-    runner, lines, code = _run_data_stage(tmp_path, params)
+    runner, lines, code = _run_data_stage(tmp_path, _detectorless_params({"layout": "zamba", "root": "photos"}, k=2))
     assert code == 0, "\n".join(lines)
     assert runner.run(["crops"]) == 0, "\n".join(lines)
     assert any("crops full" in line and "[ok]" in line for line in lines), lines
@@ -102,14 +101,7 @@ def test_camtrap_dp_package_through_data_and_crops(tmp_path, instance_home):
     from .camtrap_package import write_camtrap_package
 
     truth = write_camtrap_package(tmp_path / "package")
-    params = {
-        "data": {"layout": "camtrap-dp", "root": "package"},
-        "crops": {"image_size": 16},
-        "folds": {"k": 3},
-        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
-        "workdir": "work",
-    }
-    runner, lines, code = _run_data_stage(tmp_path, params)
+    runner, lines, code = _run_data_stage(tmp_path, _detectorless_params({"layout": "camtrap-dp", "root": "package"}, k=3))
     assert code == 0 and runner.run(["crops"]) == 0, "\n".join(lines)
     assert any("folds grouped by sequence: 12 groups" in line for line in lines), lines
     manifest_meta = _latest_materialization(runner, "manifest")
