@@ -15,8 +15,6 @@ import multiprocessing
 import signal
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from ens_assets.atomic import replace_dir
+from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
 from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
@@ -204,9 +202,7 @@ def build_crop_cache(
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with building_dir(out_dir) as building:
         index_rows: list[dict] = []
         quarantine_rows: list[dict] = []
         raw_path = building / "images.raw"
@@ -237,8 +233,6 @@ def build_crop_cache(
         quarantine.write_parquet(building / "quarantine.parquet")
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return summary
 
 
