@@ -150,6 +150,12 @@ class StageRunner:
             self.out(f"      folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})")
             if grouping.get("warning"):
                 self.out(f"      warning: {grouping['warning']}")
+        report = json.loads(self.plan.manifest_report_path.read_text()) if self.plan.manifest_report_path.is_file() else {}
+        if report.get("small_classes"):
+            self.out(f"      classes with fewer images than folds.k = {self.plan.folds.k}: {report['small_classes']} "
+                     "(kept; data.min_class_images drops or merges them)")
+        for note in report.get("notes", []):
+            self.out(f"      note: {note}")
 
     def crops(self) -> None:
         self.out(f"crops: thresholds {self.plan.threshold_keys}")
