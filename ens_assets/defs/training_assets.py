@@ -9,6 +9,7 @@ from ens_assets.defs.asset_checks import SMOKE_ONLY_OOF, smoke_gate_result, smok
 from ens_assets.defs.metadata import checkpoint_metadata, frame_markdown, table_metadata, verdict_metadata
 from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import SMOKE_FOLD, Plan
 
 GPU_POOL = "gpu"
@@ -49,6 +50,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ):
         """Train (or skip when fresh) one member x fold checkpoint; on smoke partitions, judge the smoke gate."""
+        refuse_failed_inputs(context)
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.promotion import cv_gate_problem, read_verdict
         from ens_assets.training.checkpoint import read_sidecar
@@ -102,6 +104,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     )
     def oof_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Out-of-fold probabilities of one member: every training image once, from the fold that held it out."""
+        refuse_failed_inputs(context)
         from ens_assets.promotion import gate_summary
         from ens_assets.training.run import oof_summary, predict_member_oof
 
@@ -132,6 +135,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     )
     def test_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Test-split probabilities of one member, averaged over its fold checkpoints."""
+        refuse_failed_inputs(context)
         from ens_assets.training.run import predict_member_test
 
         plan = plan_resource.load()
