@@ -17,6 +17,7 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import write_parquet
+from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
 from ens_assets.training.checkpoint import discard_recovery, load_checkpoint, read_sidecar, save_checkpoint
 from ens_assets.training.augment import resize_crops
@@ -68,13 +69,28 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
     partitions'), so promoting a member from smoke to cv does not invalidate its smoke checkpoint.
     """
     spec = {k: v for k, v in plan.member_spec(member).items() if k not in ("stage", "budget")}
-    return {**spec, "budget": plan.budget_for_fold(fold).model_dump(mode="json"), "fold": str(fold)}
+    return {**spec, "budget": plan.budget_for_fold(fold, member).model_dump(mode="json"), "fold": str(fold)}
+
+
+# What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
+# subset-ensemble trainer runs only for subset members, so an edit to either retrains nothing else.
+TRAINING_CODE_ROOT = "ens_assets.training.run"
+_REPORTING_ONLY = ("ens_assets.training.tracking",)
+_SUBSET_TRAINER = "ens_assets.subsets.member_training"
+
+
+def training_code_version(member: Member) -> str:
+    """Hash of the project sources that train this member's checkpoints (see ens_assets.code_version)."""
+    skip = _REPORTING_ONLY if member.strategy == "subset" else (*_REPORTING_ONLY, _SUBSET_TRAINER)
+    return code_version([TRAINING_CODE_ROOT], skip)
 
 
 def fingerprint(plan: Plan, member: Member | str, fold: int | str, crops_hash: str, folds_hash: str) -> str:
+    m = plan.member(member) if isinstance(member, str) else member
     return stable_hash(
-        {"spec": stable_hash(checkpoint_spec(plan, member, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold)}
-    )
+        {"spec": stable_hash(checkpoint_spec(plan, m, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold),
+         "code": training_code_version(m)}
+    )  # fmt: skip
 
 
 def _folds_hash(folds: pl.DataFrame) -> str:
@@ -186,7 +202,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
             "each side needs at least 2. Use fewer folds or more data"
         )
     config = plan.training_config(member)
-    budget = plan.budget_for_fold(fold_key)
+    budget = plan.budget_for_fold(fold_key, member)
     classes = inputs.classes
     log(
         f"{member.key} fold {fold_key}: {train_part.height} training crops, {val_part.height} validation crops, "
@@ -264,6 +280,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         outcome.best_state,
         {
             "fingerprint": print_,
+            "code_version": training_code_version(member),
             "member": member.key,
             "fold": fold_key,
             "held_out_fold": held_out,
