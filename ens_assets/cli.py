@@ -200,8 +200,10 @@ class StageRunner:
         if decisions:
             import dagster as dg
 
+            from ens_assets.runs.run_log import with_cli_logger
+
             self.plan = load_plan(self.params)
-            self.defs = build_definitions(self.params, executor=dg.in_process_executor)
+            self.defs = with_cli_logger(build_definitions(self.params, executor=dg.in_process_executor))
         return {d["member"]: {"ens_assets/promoted": d["member"], "ens_assets/promotion_reason": d["reason"][:200],
                               "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
