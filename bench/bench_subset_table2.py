@@ -13,6 +13,11 @@ standard epoch loop (recipe 'geo', adamw, cosine) for the same total number of e
 - no-ensemble subset: one model on a random k% subset for the whole budget
 - subset ensemble n=2 / n=4: base on k% -> n copies on difficulty strata -> greedy soup (one phase)
 
+Honest selection: a 15% slice of fold 0's training crops (whole images, stratified) is held out once; every
+method trains on the rest and picks its best epoch on the slice, and the soups choose their ingredients and
+the soup-vs-base fallback on it, with BatchNorm statistics recomputed after averaging. Fold 0's validation
+crops are only scored. Each ensemble row also prints its base model's validation score ("soup beats base").
+
 The difficulty scores (EL2N, one seed, one epoch) are computed once and shared by both ensembles; their
 time is printed separately and included in the ensembles' wall time. Each method is one MLflow run in
 experiment "ens-assets-subset-table2" ($MLFLOW_TRACKING_URI, else sqlite in .bench/subset_table2/).
@@ -37,7 +42,7 @@ from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import predict_logits
 from ens_assets.subsets.standard_loop import standard_loop_train_fn
 from ens_assets.subsets.strata import random_subset, subset_size
-from ens_assets.subsets.strategy import train_subset_ensemble
+from ens_assets.subsets.strategy import selection_split, train_subset_ensemble
 from ens_assets.training.models import create_member_model
 
 WORKDIR = Path(__file__).resolve().parent.parent / ".bench" / "subset_table2"
@@ -79,7 +84,8 @@ def prepare_fold0(per_class: int | None) -> tuple[np.ndarray, np.ndarray, np.nda
         labels = np.array([lookup[v] for v in frame["label"].to_list()], dtype=np.int64)
         return np.ascontiguousarray(cache.images[frame["row"].to_numpy()]), labels
 
-    return (*part(crops.filter(pl.col("fold") != 0)), *part(crops.filter(pl.col("fold") == 0)), classes)
+    train = crops.filter(pl.col("fold") != 0).sort("row")
+    return (*part(train), *part(crops.filter(pl.col("fold") == 0)), classes, train["image_id"].to_numpy())
 
 
 def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:
@@ -120,19 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
-    train_x, train_y, val_x, val_y, classes = prepare_fold0(args.per_class)
+    all_x, all_y, val_x, val_y, classes, image_ids = prepare_fold0(args.per_class)
     num_classes = len(classes)
+    keep, chosen = selection_split(all_y, SubsetEnsembleConfig().selection_fraction, 0, image_ids)
+    train_x, train_y = np.ascontiguousarray(all_x[keep]), all_y[keep]
+    select_x, select_y = np.ascontiguousarray(all_x[chosen]), all_y[chosen]
     recipe = Recipe(hflip=0.5, scale=(0.6, 1.0), label_smoothing=0.1)
     config = TrainingConfig(batch_size=args.batch_size, warmup_epochs=0)
     device = torch.device("cpu")
     client, experiment_id, uri = tracking_client()
     k_size = subset_size(len(train_y), args.fraction)
     print(f"{args.backbone}, {len(train_y)} training / {len(val_y)} validation crops (fold 0), {num_classes} classes, "
-          f"64 px, k={args.fraction} ({k_size} crops), {args.epochs} epochs per method, {args.threads} torch thread(s), "
+          f"+ {len(select_y)} selection crops, 64 px, k={args.fraction} ({k_size} crops), {args.epochs} epochs per method, {args.threads} torch thread(s), "
           f"load average before {load_before[0]:.2f}")
 
     def trainer():
-        return standard_loop_train_fn(num_classes, val_x, val_y, recipe=recipe, config=config, time_budget_s=1e9,
+        return standard_loop_train_fn(num_classes, select_x, select_y, recipe=recipe, config=config, time_budget_s=1e9,
                                       device=device)
 
     def seeded_model(seed: int) -> torch.nn.Module:
@@ -169,16 +178,20 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             model, report = train_subset_ensemble(args.backbone, num_classes, train_x, train_y, val_x, val_y, cfg,
                                                   seed=seed, train_fn=trainer(), scores=scores,
-                                                  initial_model=seeded_model(seed), device=device)
+                                                  initial_model=seeded_model(seed), device=device,
+                                                  selection_images=select_x, selection_labels=select_y)
             (phase,) = report["phases"]
             print(f"  seed {seed} n={copies}: base {phase['base_epochs']} epochs val loss {phase['base_val_loss']:.4f}; "
                   f"copies {phase['copy_epochs']} epochs each {[round(v, 4) for v in phase['copy_val_losses']]}; "
-                  f"merged {phase['merged_val_loss']:.4f} (accepted {phase['accepted_copies']}) [crop-level]")
+                  f"kept {phase['merged_val_loss']:.4f} (accepted {phase['accepted_copies']} on the selection slice, "
+                  f"{'fell back to the base' if phase['fallback_to_base'] else 'soup kept'}; soup beats base on val: "
+                  f"{phase['merged_val_loss'] < phase['base_val_loss']}) [crop-level]")
             epochs_images = phase["base_epochs"] * phase["base_subset_size"] + phase["copy_epochs"] * sum(phase["copy_subset_sizes"])
             record(f"subset ensemble n={copies}", model, time.perf_counter() - started + scores_wall,
                    epochs_images + len(train_y),  # + the scoring epoch over all crops
                    {"method": "subset_ensemble", "copies": copies, "merge": "greedy",
-                    "accepted_copies": len(phase["accepted_copies"]), "scores_wall_s": round(scores_wall, 2)})
+                    "accepted_copies": len(phase["accepted_copies"]), "scores_wall_s": round(scores_wall, 2),
+                    "fallback_to_base": phase["fallback_to_base"], "base_val_loss_crops": round(phase["base_val_loss"], 4)})
         base = results["full data"]["wall_s"]
         for name, r in results.items():
             rows.append((seed, name, r["val_log_loss"], r["val_acc"], r["wall_s"], r["wall_s"] / base, r["images_trained"]))

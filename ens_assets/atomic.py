@@ -5,10 +5,18 @@ A run killed mid-write leaves either the old file or the new one, never half of 
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import glob
+import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,19 +60,125 @@ def write_parquet(target: str | Path, frame: Any) -> Path:
     return Path(target)
 
 
-def replace_dir(new: str | Path, target: str | Path) -> Path:
-    """Swap a fully built folder into place; the old one is removed only after the swap.
+# --- folders ---------------------------------------------------------------------------------------
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
 
-    Readers see the old folder or the new one; a kill between the two renames leaves the old one beside
-    (named .<target>.old-<pid>) for the next build to remove.
+
+def _libc_renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 (macOS, musl, old Linux)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_renameat2 = _libc_renameat2() if sys.platform.startswith("linux") else None
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@contextmanager
+def _folder_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on the folder's parent directory, held only for the swap (no lock file is left behind);
+    the kernel drops it if its holder dies."""
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def replace_dir(new: str | Path, target: str | Path) -> Path:
+    """Swap a fully built folder into place; the old one is removed after the swap.
+
+    Readers see the old folder or the new one, never neither: on Linux the two are exchanged in one rename
+    (renameat2 RENAME_EXCHANGE). Concurrent callers take turns on a lock of the target's parent directory, so no swap
+    can fail half way (the last one to swap wins, whole). Where exchange is unsupported, a kill between the
+    two renames leaves the old folder as .<target>.old-<pid>, which the next swap removes.
     """
     new, target = Path(new), Path(target)
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(target):
+        _remove_dead_leftovers(target, ".old-")
+        if target.exists() and _exchange(new, target):
+            shutil.rmtree(new, ignore_errors=True)  # `new` now holds the previous folder
+            return target
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{_owner()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(new, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(new, target)
     return target
+
+
+@contextmanager
+def building_dir(target: str | Path) -> Iterator[Path]:
+    """A fresh folder beside `target` to build into (then replace_dir it onto target); removed afterwards.
+
+    Named .<target>.building-<pid>-<random>: leftovers of builds whose process is gone (killed) are removed
+    first, while the folders of builds still running elsewhere are left alone.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_leftovers(target, ".building-")
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{_owner()}-", dir=target.parent))
+    try:
+        yield building
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def _owner() -> str:
+    """<pid>_<host hash>: a folder on storage shared by several machines is judged only by its own host."""
+    return f"{os.getpid()}_{_HOST}"
+
+
+def _remove_dead_leftovers(target: Path, marker: str) -> None:
+    started = time.time()
+    prefix = f".{target.name}{marker}"
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid, _, host = leftover.name[len(prefix) :].split("-", 1)[0].partition("_")
+        if pid.isdigit() and host == _HOST:
+            dead = int(pid) != os.getpid() and not _process_alive(int(pid))
+        else:  # another machine's, or from before folders named their builder: judged by age alone
+            dead = _mtime(leftover) < started - _UNOWNED_GRACE_S
+        if dead:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_UNOWNED_GRACE_S = 6 * 3600.0  # an unowned build folder this old cannot belong to a build still running
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True

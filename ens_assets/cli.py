@@ -73,60 +73,80 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class StageRunner:
-    """Runs the plan's jobs partition by partition in this process, printing progress."""
+class StageFailed(Exception):
+    """A run of the stage failed: the runner stops there, so nothing downstream of a failure runs."""
 
-    def __init__(self, params: Path, out=functools.partial(print, flush=True)):
+
+class StageRunner:
+    """Runs the plan's jobs partition by partition in this process, printing progress.
+
+    It stops at the first failed run (printing the asset, the partition and the cause, and the log file
+    holding the traces); a smoke gate that says "no" is a verdict, not a failure: the other members go on.
+    """
+
+    def __init__(self, params: Path, out=functools.partial(print, flush=True), *, verbose: bool = False, command: str = "run"):
         import dagster as dg
 
         from ens_assets.defs.build import build_definitions
         from ens_assets.plan import load_plan
+        from ens_assets.runs.run_log import new_log_path, with_cli_logger
 
         # Preview/beta notices about Dagster APIs are for this project's developers, not its users.
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         self.params = params
         self.plan = load_plan(params)
-        self.defs = build_definitions(params, executor=dg.in_process_executor)
+        self.defs = with_cli_logger(build_definitions(params, executor=dg.in_process_executor))
         self.instance = _instance()
-        self.out = out
+        self.verbose = verbose
+        self.log_path = new_log_path(self.plan.work, command)
+        self._print = out
         self.failures: list[str] = []
         self.gate_failures: list[str] = []
+        self.gate_reasons: dict[str, list[str]] = {}
         self.step_seconds: dict[str, float] = {}
 
+    def out(self, line: str) -> None:
+        """Print a progress line and keep it in the log file beside the traces."""
+        self._print(line)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"{line}\n")
+
     def _run(self, job: str, partition_key=None, label: str = "") -> bool:
+        from ens_assets.runs.failures import run_failures
+        from ens_assets.runs.run_log import cli_logger_config
+
         started = time.perf_counter()
         result = self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
             partition_key=partition_key,
             raise_on_error=False,
             tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid())},
-            # INFO keeps the per-epoch progress lines; DEBUG engine events would bury the stage summary.
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            # INFO keeps the per-epoch progress lines; traces go to the log file (and the console with --verbose).
+            run_config=cli_logger_config(self.log_path, self.verbose),
         )
         elapsed = time.perf_counter() - started
         self.step_seconds[label or job] = elapsed
-        failed = [e for e in result.all_events if e.is_step_failure]
-        # A smoke gate that says "no" is a verdict about a member, not a broken pipeline: report it and go on.
-        gate_only = bool(failed) and all(e.step_key.endswith("smoke_gate") for e in failed)
+        failed = run_failures(result, None if partition_key is None else str(partition_key))
+        gate_only = bool(failed) and all(f.is_gate_verdict for f in failed)
         status = "ok" if result.success else ("gate failed" if gate_only else "FAILED")
         self.out(f"  [{status}] {label or job} ({elapsed:.1f}s)")
-        for event in [] if gate_only else failed:  # a gate's reasons are printed from its verdict
-            user = event.step_failure_data.user_failure_data
-            error = event.step_failure_data.error
-            # The library's wrapper ("Error occurred while executing op") hides the cause users need to see.
-            root = error.cause if error is not None and error.cause is not None else error
-            reason = user.description if user and user.description else (root.message.strip().splitlines()[0] if root else "failed")
-            self.out(f"      {event.step_key}: {reason}")
         if gate_only:
             self.gate_failures.append(label or job)
-        elif not result.success:
+            return False
+        if not result.success:
             self.failures.append(label or job)
-        return result.success
+            for failure in failed or []:  # a gate's reasons are printed from its verdict
+                if not failure.is_gate_verdict:
+                    self.out(f"      {failure.line()}")
+            if not failed:
+                self.out(f"      run {result.run_id} failed before any step ran")
+            raise StageFailed(label or job)
+        return True
 
     def data(self) -> None:
         self.out("data: source images, manifest, detections, folds")
-        if self._run("data_job") and self.plan.folds_summary_path.is_file():
+        if self._run("data_job", label="data") and self.plan.folds_summary_path.is_file():
             grouping = json.loads(self.plan.folds_summary_path.read_text())
             self.out(f"      folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})")
             if grouping.get("warning"):
@@ -140,15 +160,14 @@ class StageRunner:
     def train(self) -> None:
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import cv_gate_problem
+        from ens_assets.promotion import cv_gate_problem, read_verdict
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
-        from ens_assets.promotion import read_verdict
-
         for member in self.plan.members:
             self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
             verdict = read_verdict(self.plan.checkpoint_dir(member.key, SMOKE_FOLD))
             if verdict is not None and not verdict.passed:
+                self.gate_reasons[member.key] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
         for member in self.plan.members:
             for fold in self.plan.checkpoint_folds(member)[1:]:
@@ -171,15 +190,26 @@ class StageRunner:
                 self._run("difficulty_job", member, f"difficulty scores {member}")
 
     def ensemble(self) -> None:
+        from ens_assets.member_outputs import collect_member_outputs
+
         self.out(f"ensemble: {self.plan.ensemble.method} combiner, honest scores, diagnostics")
-        if self._run("ensemble_job"):
+        if not collect_member_outputs(self.plan).oof and self.gate_reasons:
+            # Gate verdicts are not failures, until they leave nothing to combine: say so in one line.
+            gates = "; ".join(f"{m} ({', '.join(r)})" for m, r in self.gate_reasons.items())
+            self.out(f"  [FAILED] ensemble: no member is left; smoke gates failed: {gates}")
+            self.failures.append("ensemble")
+            raise StageFailed("ensemble")
+        if self._run("ensemble_job", label="ensemble"):
             self.out(f"      {_test_split_line(self.plan)}")
 
     def run(self, stages) -> int:
-        for stage in stages:
-            getattr(self, stage)()
-        if self.failures:
-            self.out(f"{len(self.failures)} step(s) failed: {self.failures}")
+        try:
+            for stage in stages:
+                getattr(self, stage)()
+        except StageFailed as failed:
+            later = list(stages)[list(stages).index(stage) + 1 :]
+            self.out(f"stopped at {failed}: nothing downstream of it ran" + (f" ({', '.join(later)} skipped)" if later else ""))
+            self.out(f"full log with traces: {self.log_path}" + ("" if self.verbose else " (or rerun with --verbose)"))
             return 1
         return 0
 
@@ -198,7 +228,7 @@ def _test_split_line(plan) -> str:
     return f"test split: {n} images (submission.csv)" + (f"; {labelled} labelled, scored in scores.csv (test_*)" if labelled else "")
 
 
-def _print_where_to_look(plan, out=print) -> None:
+def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     import polars as pl
 
     scores_path = plan.ensemble_dir / "scores.parquet"
@@ -215,8 +245,12 @@ def _print_where_to_look(plan, out=print) -> None:
         out(roadmap.read_text())
     out(_test_split_line(plan))
     out("=== where to look ===")
-    out(f"  submission:      {plan.ensemble_dir / 'submission.csv'}")
-    out(f"  diagnostics:     {plan.diagnostics_dir}")
+    # Only what exists: a run that stopped early must not point at files it never wrote.
+    for name, path in (("submission:", plan.ensemble_dir / "submission.csv"), ("diagnostics:", plan.diagnostics_dir)):
+        if path.exists():
+            out(f"  {name:16s} {path}")
+    if log_path is not None and Path(log_path).is_file():
+        out(f"  {'log of this run:':16s} {log_path}")
     out("  Dagster UI:      make ui          (http://127.0.0.1:3000)")
     out("  MLflow UI:       make mlflow-ui   (http://127.0.0.1:5000)")
 
@@ -261,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     # subcommand from resetting a value given before it.
     after = argparse.ArgumentParser(add_help=False)
     after.add_argument("--params", type=Path, default=argparse.SUPPRESS, help="the plan (default: params.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="print Dagster's engine events and full traces")
+    after.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print full traces")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", parents=[after], help="validate params.yaml, list its partitions and look at the data (files, images, classes, groups, test split, detections)")
     sub.add_parser("instance", parents=[after], help="prepare the Dagster instance in $DAGSTER_HOME (gpu pool limit of one)")
@@ -291,13 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         instance = _instance()
         print(f"instance {os.environ['DAGSTER_HOME']}: pool limits {instance.event_log_storage.get_concurrency_keys()}")
         return 0
-    runner = StageRunner(args.params)
     stages = STAGES if args.command == "demo" or args.stage == "all" else (args.stage,)
+    runner = StageRunner(args.params, verbose=args.verbose, command=args.command if args.command == "demo" else f"materialize-{args.stage}")
     started = time.perf_counter()
     code = runner.run(stages)
-    print(f"\nfinished in {time.perf_counter() - started:.0f}s")
-    if args.command == "demo":
-        _print_where_to_look(plan)
+    print(f"\n{'finished' if code == 0 else 'failed'} in {time.perf_counter() - started:.0f}s")
+    if args.command == "demo" and code == 0:
+        _print_where_to_look(plan, log_path=runner.log_path)
     return code
 
 

@@ -30,10 +30,13 @@ CLASSES_CONSERVISION = (
 Stage = Literal["smoke", "cv"]
 # The fold key of a member's smoke run: fold 0's split at the smoke budget, trained before any cv fold.
 SMOKE_FOLD = "smoke"
-SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco"]
-# Crops partitions that are not a detector threshold: 'full' = whole frames (no detector).
-CropKey = Literal["full"]
+SourceLayout = Literal["demo", "conservision", "zamba", "imagefolder", "coco", "camtrap-dp"]
+# Crops partitions that are not a detector threshold: 'full' = whole frames (no detector), 'boxes' =
+# annotated boxes (Camtrap DP observations; no confidence to threshold).
+CropKey = Literal["full", "boxes"]
 NO_DETECTOR_KEY = "full"
+ANNOTATED_BOXES_KEY = "boxes"
+_SINGLE_CROP_KEY = {"none": NO_DETECTOR_KEY, "observations": ANNOTATED_BOXES_KEY}
 # How a member's checkpoint is trained: the standard epoch loop, or a subset ensemble merged into one model.
 Strategy = Literal["standard", "subset"]
 
@@ -271,10 +274,11 @@ class Plan(_Strict):
         if not isinstance(raw, dict) or not isinstance(raw.get("members"), (list, tuple)):
             return raw
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-        if detection_source_of(data.get("layout", "demo"), data.get("detections"), data.get("megadetector_weights")) != "none":
+        source = detection_source_of(data.get("layout", "demo"), data.get("detections"), data.get("megadetector_weights"))
+        if source not in _SINGLE_CROP_KEY:
             return raw
         members = [
-            {**m, "threshold": NO_DETECTOR_KEY} if isinstance(m, dict) and m.get("threshold") is None else m
+            {**m, "threshold": _SINGLE_CROP_KEY[source]} if isinstance(m, dict) and m.get("threshold") is None else m
             for m in raw["members"]
         ]
         return {**raw, "members": members}
@@ -284,11 +288,12 @@ class Plan(_Strict):
         if not self.members:
             raise ValueError("members: list at least one member (backbone, threshold, recipe)")
         thresholds = set(self.threshold_keys)
-        detector = self.detection_source != "none"
+        detector = self.detection_source not in _SINGLE_CROP_KEY
+        single = self.threshold_keys[0]
         if not detector and "thresholds" in self.crops.model_fields_set:
             raise ValueError(
                 f"crops.thresholds {list(self.crops.thresholds)} is set but data.detections is not: without a detector "
-                "there is no threshold lever and one crops partition 'full' (whole frames). Remove crops.thresholds, "
+                f"there is no threshold lever and one crops partition '{single}'. Remove crops.thresholds, "
                 "or set data.detections to a MegaDetector batch-output JSON"
             )
         seen: set[str] = set()
@@ -297,7 +302,8 @@ class Plan(_Strict):
             if not detector and isinstance(m.threshold, (int, float)):
                 raise ValueError(
                     f"{where}: threshold {m.threshold} is given but data.detections is not set, so there is no "
-                    "detector-threshold lever: the only crops partition is 'full' (whole frames letterboxed to square). "
+                    f"detector-threshold lever: the only crops partition is '{single}'"
+                    f"{' (whole frames letterboxed to square)' if single == NO_DETECTOR_KEY else ' (the package observation boxes)'}. "
                     "Remove threshold from the member, or set data.detections to a MegaDetector batch-output JSON"
                 )
             if detector and not isinstance(m.threshold, (int, float)):
@@ -336,7 +342,8 @@ class Plan(_Strict):
     # --- detections ----------------------------------------------------------------------------
     @property
     def detection_source(self) -> str:
-        """'megadetector' (a batch JSON, or MegaDetector run on the images) or 'none' (whole frames)."""
+        """'megadetector' (a batch JSON, or MegaDetector run on the images), 'observations' (Camtrap DP
+        boxes, no MegaDetector file) or 'none' (whole frames)."""
         return detection_source_of(self.data.layout, self.data.detections, self.data.megadetector_weights)
 
     @property
@@ -426,8 +433,8 @@ class Plan(_Strict):
     @property
     def threshold_keys(self) -> list[str]:
         """The crops partitions: one per detector threshold, or the single 'full' without a detector."""
-        if self.detection_source == "none":
-            return [NO_DETECTOR_KEY]
+        if self.detection_source in _SINGLE_CROP_KEY:
+            return [_SINGLE_CROP_KEY[self.detection_source]]
         return [threshold_key(t) for t in self.crops.thresholds]
 
     @property
@@ -521,7 +528,7 @@ def pretrained_input_size(backbone: str) -> int:
 def detection_source_of(layout: str, detections: str | None, megadetector_weights: str | None) -> str:
     if detections or layout == "demo" or megadetector_weights:
         return "megadetector"
-    return "none"
+    return "observations" if layout == "camtrap-dp" else "none"
 
 
 def threshold_key(threshold: float | str | None) -> str:

@@ -15,8 +15,6 @@ import multiprocessing
 import signal
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +22,10 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from ens_assets.atomic import replace_dir
+from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
-from ens_assets.plan import NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
+from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
 INDEX_SCHEMA = pl.Schema(
     {
@@ -196,15 +194,15 @@ def build_crop_cache(
     )
     if whole_frames:
         jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
+    elif threshold_key(threshold) == ANNOTATED_BOXES_KEY:  # annotated boxes: no confidence to threshold
+        jobs = _jobs(manifest, detections, 0.0, cfg.categories)
     else:
         jobs = _jobs(manifest, detections, float(threshold), cfg.categories)
     n_workers = _resolve_workers(workers, cfg)
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-    try:
+    with building_dir(out_dir) as building:
         index_rows: list[dict] = []
         quarantine_rows: list[dict] = []
         raw_path = building / "images.raw"
@@ -235,8 +233,6 @@ def build_crop_cache(
         quarantine.write_parquet(building / "quarantine.parquet")
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return summary
 
 

@@ -16,15 +16,13 @@ import csv
 import io
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ens_assets.atomic import replace_dir
+from ens_assets.atomic import building_dir, replace_dir
 from ens_assets.plan import CLASSES_CONSERVISION, DemoConfig
 
 GENERATOR_VERSION = "1"
@@ -353,13 +351,9 @@ def generate_demo(root: Path, cfg: DemoConfig) -> dict:
     if cfg.train_sites < 1 or cfg.test_sites < 1:
         raise ValueError(f"demo needs at least one train and one test site (got {cfg.train_sites}, {cfg.test_sites})")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
-    try:
+    with building_dir(root) as building:
         info = _generate_into(building, cfg)
         replace_dir(building, root)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return info
 
 

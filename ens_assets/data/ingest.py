@@ -12,6 +12,7 @@ Layouts:
   Hidden files are skipped; every other file is an image row (a stray non-image is quarantined at crop
   time with a reason rather than dropped silently).
 - coco: COCO Camera Traps JSON; location -> site, seq_id -> sequence, category 0 or "empty" -> label "blank".
+- camtrap-dp: a Camtrap DP 1.x package (see camtrap_dp.py); image_id = mediaID.
 Layouts without a test split send whole sites to "test" by data.test_site_fraction or data.test_sites,
 keeping their labels (only a layout's own test file is unlabelled).
 
@@ -437,6 +438,10 @@ def ingest(plan: Plan) -> Ingested:
         if not plan.data.labels_file:
             raise ManifestError("data.labels_file: set it to the COCO Camera Traps JSON (relative to data.root)")
         manifest = ingest_coco(root, plan.data.labels_file, rows)
+    elif layout == "camtrap-dp":
+        from ens_assets.data.camtrap_dp import ingest_camtrap_dp  # a sibling module built on this one's helpers
+
+        manifest = ingest_camtrap_dp(root, rows)
     else:  # pragma: no cover - the plan's Literal type rejects other layouts
         raise ManifestError(f"data.layout: unknown layout {layout!r}")
     if layout not in ("demo", "conservision"):

@@ -9,6 +9,7 @@ from ens_assets.atomic import write_parquet
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.partitions import threshold_partitions
 from ens_assets.defs.resources import PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -40,6 +41,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[source_images], kinds={"polars"})
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
+        refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
         from ens_assets.data.ingest import ingest, manifest_summary
 
@@ -88,6 +90,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"polars"})
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
+        refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
         from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
 
@@ -99,6 +102,17 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
             context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
             return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
+        if plan.detection_source == "observations":
+            from ens_assets.data.camtrap_dp import observation_detections
+
+            frame = observation_detections(plan.data_root, frame_manifest)
+            write_parquet(plan.detections_path, frame)
+            with_box = frame.filter(pl.col("conf").is_not_null())["image_id"].n_unique()
+            write_json(plan.detections_summary_path, {"source": "camtrap-dp observations", "images_with_boxes": with_box,
+                                                      "images": frame_manifest.height})  # fmt: skip
+            return dg.MaterializeResult(
+                metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
+            )
         json_path = resolve_detections_json(plan, frame_manifest)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
@@ -130,6 +144,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
         cached as a uint8 memmap."""
+        refuse_failed_inputs(context)
         from ens_assets.data.crops import build_crop_cache
 
         plan = plan_resource.load()
@@ -150,6 +165,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
+        refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
         from ens_assets.data.folds import make_folds
 

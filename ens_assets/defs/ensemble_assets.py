@@ -6,6 +6,7 @@ import dagster as dg
 from ens_assets.atomic import write_json
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -17,6 +18,7 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
+        refuse_failed_inputs(context)
         import polars as pl
 
         from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
@@ -70,6 +72,7 @@ def build_ensemble_assets(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
+        refuse_failed_inputs(context)
         import json
 
         import polars as pl

@@ -4,6 +4,7 @@ import dagster as dg
 
 from ens_assets.defs.metadata import frame_markdown
 from ens_assets.defs.resources import PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 
@@ -21,6 +22,7 @@ def build_subset_assets(plan: Plan, checkpoints: dg.AssetsDefinition) -> list[dg
     )
     def difficulty_scores(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """EL2N and GraNd per training image of one subset member, one row per image and checkpoint partition."""
+        refuse_failed_inputs(context)
         import numpy as np
         import polars as pl
 

@@ -6,6 +6,7 @@ import dagster as dg
 from ens_assets.defs.metadata import table_metadata
 from ens_assets.defs.partitions import checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
+from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
 
 GPU_POOL = "gpu"
@@ -34,6 +35,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """One timm model trained on a fold's training part of its member's crops (safetensors + sidecar)."""
+        refuse_failed_inputs(context)
         from ens_assets.promotion import cv_gate_problem
         from ens_assets.training.run import train_member_fold
 
@@ -68,6 +70,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     )
     def oof_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Out-of-fold probabilities of one member: every training image once, from the fold that held it out."""
+        refuse_failed_inputs(context)
         from ens_assets.training.run import oof_summary, predict_member_oof
 
         plan = plan_resource.load()
@@ -89,6 +92,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     )
     def test_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Test-split probabilities of one member, averaged over its fold checkpoints."""
+        refuse_failed_inputs(context)
         from ens_assets.training.run import predict_member_test
 
         plan = plan_resource.load()

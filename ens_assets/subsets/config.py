@@ -25,6 +25,11 @@ class SubsetEnsembleConfig(BaseModel):
     grad_scope: GradScope = "auto"
     class_balanced: bool = True  # subsets keep every class in proportion (strata cut per class)
     batch_size: int = Field(64, ge=2)
+    # Share of the training split held out to choose soup ingredients and the base-vs-soup fallback on
+    # (and the copies' best epochs): never the OOF fold the member is scored on.
+    selection_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    # Training crops whose forward passes recompute BatchNorm statistics of an averaged model (update_bn).
+    bn_images: int = Field(1024, ge=2)
 
     @model_validator(mode="after")
     def _budget_covers_every_copy(self) -> "SubsetEnsembleConfig":

@@ -33,7 +33,7 @@ from ens_assets.plan import SMOKE_FOLD, Budget, Member, Plan, stable_hash
 from ens_assets.subsets.config import SubsetEnsembleConfig, epoch_plan
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png
 from ens_assets.subsets.standard_loop import standard_loop_train_fn
-from ens_assets.subsets.strategy import train_subset_ensemble
+from ens_assets.subsets.strategy import selection_split, train_subset_ensemble
 from ens_assets.training.loop import TrainOutcome
 from ens_assets.training.models import create_member_model
 
@@ -66,12 +66,17 @@ def train_subset_member(
     data_key: str,
     device: torch.device | None = None,
     log: Callable[[str], Any] = print,
+    train_groups: np.ndarray | None = None,
 ) -> TrainOutcome:
     """Train one subset-ensemble checkpoint on a fold's crops; returns a `TrainOutcome` of the merged model.
 
     `data_key` identifies the training images (crops, folds, fold) for the difficulty-score cache.
+    A `subset.selection_fraction` slice of the training crops (whole images, by `train_groups`) is held
+    out: soups, the soup-vs-base fallback and the copies' best epochs are chosen on it, never on the
+    validation fold (`val_images`, the member's OOF rows), which is only predicted and reported.
     `outcome.extra` holds "metrics" (per-phase val losses, flat floats), "artifacts" (score plot and
-    report paths) and "sidecar" (report and effective config for checkpoint.json).
+    report paths), "sidecar" (report and effective config for checkpoint.json) and "scored_rows" (the
+    indices of the training crops that were trained and scored, i.e. not in the selection slice).
     """
     from ens_assets.training.device import select_device
 
@@ -85,15 +90,20 @@ def train_subset_member(
     config = plan.training_config(member)
     recipe = plan.recipes[member.recipe]
     num_classes = len(classes)
-    labels = np.asarray(train_labels, dtype=np.int64)
+    all_labels = np.asarray(train_labels, dtype=np.int64)
+    keep, chosen = selection_split(all_labels, cfg.selection_fraction, config.seed, train_groups)
+    select_images, select_labels = np.ascontiguousarray(train_images[chosen]), all_labels[chosen]
+    train_images, labels = np.ascontiguousarray(train_images[keep]), all_labels[keep]
 
     def trainer(on_outcome=None):
-        return standard_loop_train_fn(num_classes, val_images, val_labels, recipe=recipe, config=config,
+        # Best epochs are chosen on the selection slice too: the OOF fold stays out of every decision.
+        return standard_loop_train_fn(num_classes, select_images, select_labels, recipe=recipe, config=config,
                                       time_budget_s=budget.time_budget_s, device=device, on_outcome=on_outcome)
 
     score_key = stable_hash({
         "data": data_key, "backbone": member.backbone, "num_classes": num_classes, "num_images": len(labels),
-        "score": {k: cfg.model_dump(mode="json")[k] for k in ("score_seeds", "score_epochs", "grad_scope", "batch_size")},
+        "score": {k: cfg.model_dump(mode="json")[k] for k in ("score_seeds", "score_epochs", "grad_scope", "batch_size",
+                                                               "selection_fraction")},
         "recipe": recipe.model_dump(mode="json"), "training": config.model_dump(mode="json", exclude={"smoke", "cv"}),
     })  # fmt: skip
     scores = read_cached_scores(out, score_key, len(labels))
@@ -116,6 +126,7 @@ def train_subset_member(
     model, report = train_subset_ensemble(
         member.backbone, num_classes, train_images, labels, val_images, val_labels, cfg, seed=config.seed,
         train_fn=trainer(outcomes.append), scores=scores, initial_model=initial, device=device,
+        selection_images=select_images, selection_labels=select_labels,
     )  # fmt: skip
     report = {**report, "fold": fold_key, "scores_cached": scores_cached, "scores_wall_s": scores_wall_s}
     report_path = write_json(out / REPORT_FILE, report)
@@ -123,7 +134,8 @@ def train_subset_member(
     for phase in report["phases"]:
         log(f"{member.key} fold {fold_key} phase {phase['phase']}: base {phase['base_val_loss']:.4f}, copies "
             f"{[round(v, 4) for v in phase['copy_val_losses']]}, merged {phase['merged_val_loss']:.4f} "
-            f"(accepted {phase['accepted_copies']})")
+            f"(accepted {phase['accepted_copies']} on the selection slice"
+            f"{'; no soup beat the base, kept the base' if phase['fallback_to_base'] else ''})")
     train_seconds = sum(o.train_seconds for o in outcomes)
     images_trained = sum(o.images_per_second * o.train_seconds for o in outcomes)
     return TrainOutcome(
@@ -141,6 +153,7 @@ def train_subset_member(
             "metrics": subset_metrics(report),
             "artifacts": [plot, report_path],
             "sidecar": {"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
+            "scored_rows": keep,
         },
     )
 
@@ -168,12 +181,15 @@ def subset_metrics(report: dict[str, Any]) -> dict[str, float]:
         "subset_scores_cached": float(report["scores_cached"]),
         "subset_scores_wall_s": float(report["scores_wall_s"]),
         "subset_final_val_loss_crops": float(report["final_val_loss"]),
+        "subset_selection_crops": float(report.get("num_selection_images", 0)),
     }
     for phase in report["phases"]:
         prefix = f"subset_p{phase['phase']}"
         metrics[f"{prefix}_base_val_loss_crops"] = float(phase["base_val_loss"])
         metrics[f"{prefix}_merged_val_loss_crops"] = float(phase["merged_val_loss"])
         metrics[f"{prefix}_accepted_copies"] = float(len(phase["accepted_copies"]))
+        metrics[f"{prefix}_fallback_to_base"] = float(phase["fallback_to_base"])
+        metrics[f"{prefix}_soup_selection_loss_crops"] = float(phase["soup_selection_loss"])
         for j, loss in enumerate(phase["copy_val_losses"]):
             metrics[f"{prefix}_copy{j}_val_loss_crops"] = float(loss)
     return metrics

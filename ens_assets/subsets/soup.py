@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 StateDict = Mapping[str, torch.Tensor]
@@ -85,3 +86,29 @@ def greedy_soup(
             accepted.append(candidate)
             soup, soup_loss = trial, trial_loss
     return soup, accepted
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, batch_size: int) -> bool:
+    """Re-estimate BatchNorm running statistics of `model` on training crops (torch's swa_utils.update_bn).
+
+    The average of several copies' running means/variances is not the statistics of the averaged
+    weights' activations; one pass over training images gives the right ones. Returns whether the
+    model had BatchNorm layers to update; leaves the model in eval mode.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    from ens_assets.subsets.in_memory_training import as_image_tensor, batch_slices, to_model_input
+
+    if not has_batchnorm(model):
+        return False
+    images = as_image_tensor(images_u8, "bn_images")
+    # A generator: update_bn reads each normalized batch once, so the whole set is never held as floats.
+    batches = (to_model_input(model, images[s]) for s in batch_slices(len(images), batch_size))
+    update_bn(batches, model)
+    model.eval()
+    return True

@@ -2,10 +2,14 @@
 
 One phase: train the base on a random k% subset for (about) half the phase's epochs; copy it n times;
 copy j trains on a k% subset from difficulty stratum j (easy ... hard) for its share of the other half;
-the copies are merged by parameter averaging (uniform, or a greedy soup judged on the validation
-split). With several phases the merged model is the next phase's base, which keeps the copies from
-drifting apart far enough that their average stops working. The result is one model with one
-model's inference cost.
+the copies are merged by parameter averaging (uniform, or a greedy soup), BatchNorm statistics are
+recomputed on training crops, and the soup is kept only when it beats the base. With several phases the
+merged model is the next phase's base, which keeps the copies from drifting apart far enough that their
+average stops working. The result is one model with one model's inference cost.
+
+Honesty: every choice (soup ingredients, soup vs base) is made on a *selection slice* held out of the
+training split for that purpose. The validation split (the member's OOF fold) is only reported on; no
+decision reads it, so the OOF predictions it is scored with are untouched by soup selection.
 """
 
 from __future__ import annotations
@@ -31,8 +35,32 @@ from ens_assets.subsets.in_memory_training import (
     cross_entropy_train_fn,
     mean_log_loss,
 )
-from ens_assets.subsets.soup import average_state_dicts, greedy_soup
+from ens_assets.subsets.soup import average_state_dicts, greedy_soup, recompute_batchnorm
 from ens_assets.subsets.strata import random_subset, stratified_difficulty_subsets
+
+
+def selection_split(labels: np.ndarray, fraction: float, seed: int,
+                    groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, selection indices): a class-stratified slice of about `fraction` of the training
+    split, whole groups (images: several crops of one image stay together) on one side."""
+    import warnings
+
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        raise ValueError(f"{len(np.unique(groups))} training image(s) cannot give a selection slice; use more data")
+    n_splits = max(2, int(round(1.0 / fraction)))
+    try:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed) % (2**32))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+            train_idx, select_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    except ValueError:  # tiny data: too few images per class to stratify; keep the groups together anyway
+        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=int(seed) % (2**32))
+        train_idx, select_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(train_idx), np.sort(select_idx)
 
 
 def train_subset_ensemble(
@@ -49,6 +77,8 @@ def train_subset_ensemble(
     *,
     initial_model: torch.nn.Module | None = None,
     device: str | torch.device = "cpu",
+    selection_images: np.ndarray | torch.Tensor | None = None,
+    selection_labels: np.ndarray | torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one subset-ensemble model; returns (merged model in eval mode, JSON-ready report).
 
@@ -56,6 +86,9 @@ def train_subset_ensemble(
     1-D array in image order); computed here when None. `train_fn` defaults to the plain
     cross-entropy trainer with cfg.batch_size. `initial_model` (e.g. pretrained weights; left
     untouched) is the first base's starting point; default: a random init seeded with `seed`.
+    `selection_images/labels`: the slice of the training split soups are chosen on; when None, a
+    `cfg.selection_fraction` slice of the training images is held out here. `val_images/labels` (the
+    OOF fold) are only reported on.
     """
     started = time.perf_counter()
     images = as_image_tensor(train_images, "train_images")
@@ -63,7 +96,20 @@ def train_subset_ensemble(
     held_images = as_image_tensor(val_images, "val_images")
     held_labels = as_label_tensor(val_labels, len(held_images), num_classes, "val_labels")
     if len(held_images) == 0:
-        raise ValueError("val_images is empty; the subset ensemble judges copies on a validation split")
+        raise ValueError("val_images is empty; the subset ensemble reports its losses on a validation split")
+    if selection_images is None:
+        keep, chosen = selection_split(labels.numpy(), cfg.selection_fraction, seed)
+        if scores is not None:
+            scores = aligned_scores(scores, len(images), cfg.score)[keep]
+        select_images, select_labels = images[chosen], labels[chosen]
+        images, labels = images[keep], labels[keep]
+    else:
+        select_images = as_image_tensor(selection_images, "selection_images")
+        select_labels = as_label_tensor(selection_labels, len(select_images), num_classes, "selection_labels")
+    if len(select_images) == 0:
+        raise ValueError("the selection slice is empty; soups are chosen on held-out training images")
+    bn_rows = np.random.default_rng(_derived_seed(seed, 0, 99)).permutation(len(images))[:cfg.bn_images]
+    bn_images = images[np.sort(bn_rows)]
     train = train_fn or functools.partial(cross_entropy_train_fn, batch_size=cfg.batch_size)
     strata_labels = labels.numpy() if cfg.class_balanced else None
 
@@ -78,8 +124,11 @@ def train_subset_ensemble(
     difficulty = aligned_scores(scores, len(images), cfg.score)
     scores_wall_s = time.perf_counter() - scores_started
 
-    def val_loss(model: torch.nn.Module) -> float:
+    def val_loss(model: torch.nn.Module) -> float:  # reported only: the OOF fold drives no decision
         return mean_log_loss(model, held_images, held_labels, cfg.batch_size)
+
+    def selection_loss(model: torch.nn.Module) -> float:
+        return mean_log_loss(model, select_images, select_labels, cfg.batch_size)
 
     if initial_model is None:
         model = create_seeded_model(backbone, num_classes, seed, device)
@@ -90,9 +139,11 @@ def train_subset_ensemble(
         model = copy.deepcopy(initial_model).to(device)
     scratch = copy.deepcopy(model)  # evaluates candidate soups without touching the base
 
-    def val_loss_of_state(state) -> float:
+    def selection_loss_of_soup(state) -> float:
+        """A candidate soup as it would be kept: averaged weights with recomputed BatchNorm statistics."""
         scratch.load_state_dict(state)
-        return val_loss(scratch)
+        recompute_batchnorm(scratch, bn_images, cfg.batch_size)
+        return selection_loss(scratch)
 
     phases = []
     for phase, (base_epochs, copy_epochs) in enumerate(epoch_plan(cfg)):
@@ -100,20 +151,29 @@ def train_subset_ensemble(
         base_subset = random_subset(len(images), cfg.fraction, _derived_seed(seed, phase, 0), strata_labels)
         model = train(model, images[base_subset], labels[base_subset], base_epochs, _derived_seed(seed, phase, 0))
         base_val_loss = val_loss(model)
+        base_selection_loss = selection_loss(model)
+        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         copy_subsets = stratified_difficulty_subsets(difficulty, cfg.copies, cfg.fraction,
                                                      _derived_seed(seed, phase, 1), strata_labels)
-        copy_states, copy_val_losses = [], []
+        copy_states, copy_val_losses, copy_selection_losses = [], [], []
         for j, subset in enumerate(copy_subsets):
             copy_seed = _derived_seed(seed, phase, 2 + j)
             trained = train(copy.deepcopy(model), images[subset], labels[subset], copy_epochs, copy_seed)
             copy_states.append({k: v.detach().clone() for k, v in trained.state_dict().items()})
             copy_val_losses.append(val_loss(trained))
+            copy_selection_losses.append(selection_loss(trained))
             del trained
         if cfg.merge == "uniform":
             merged, accepted = average_state_dicts(copy_states), list(range(cfg.copies))
         else:
-            merged, accepted = greedy_soup(copy_states, val_loss_of_state, own_losses=copy_val_losses)
+            merged, accepted = greedy_soup(copy_states, selection_loss_of_soup, own_losses=copy_selection_losses)
         model.load_state_dict(merged)
+        # A single accepted copy is that copy's own weights (its statistics are right); an average needs new ones.
+        bn_recomputed = len(accepted) > 1 and recompute_batchnorm(model, bn_images, cfg.batch_size)
+        soup_selection_loss = selection_loss(model)
+        fallback = not soup_selection_loss < base_selection_loss
+        if fallback:  # no soup beats the base on the selection slice: keep the base
+            model.load_state_dict(base_state)
         phases.append({
             "phase": phase,
             "base_epochs": base_epochs,
@@ -125,6 +185,11 @@ def train_subset_ensemble(
             "copy_val_losses": copy_val_losses,
             "merged_val_loss": val_loss(model),
             "accepted_copies": accepted,
+            "base_selection_loss": base_selection_loss,
+            "copy_selection_losses": copy_selection_losses,
+            "soup_selection_loss": soup_selection_loss,
+            "fallback_to_base": fallback,
+            "bn_recomputed": bool(bn_recomputed),
             "wall_s": time.perf_counter() - phase_started,
         })
     model.eval()
@@ -136,6 +201,7 @@ def train_subset_ensemble(
         "config": cfg.model_dump(mode="json"),
         "num_train_images": len(images),
         "num_val_images": len(held_images),
+        "num_selection_images": len(select_images),
         "scores_source": scores_source,
         "scores_wall_s": scores_wall_s,
         "phases": phases,

@@ -17,6 +17,7 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import write_parquet
+from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
 from ens_assets.training.checkpoint import discard_recovery, load_checkpoint, read_sidecar, save_checkpoint
 from ens_assets.training.augment import resize_crops
@@ -71,10 +72,25 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
     return {**spec, "budget": plan.budget_for_fold(fold).model_dump(mode="json"), "fold": str(fold)}
 
 
+# What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
+# subset-ensemble trainer runs only for subset members, so an edit to either retrains nothing else.
+TRAINING_CODE_ROOT = "ens_assets.training.run"
+_REPORTING_ONLY = ("ens_assets.training.tracking",)
+_SUBSET_TRAINER = "ens_assets.subsets.member_training"
+
+
+def training_code_version(member: Member) -> str:
+    """Hash of the project sources that train this member's checkpoints (see ens_assets.code_version)."""
+    skip = _REPORTING_ONLY if member.strategy == "subset" else (*_REPORTING_ONLY, _SUBSET_TRAINER)
+    return code_version([TRAINING_CODE_ROOT], skip)
+
+
 def fingerprint(plan: Plan, member: Member | str, fold: int | str, crops_hash: str, folds_hash: str) -> str:
+    m = plan.member(member) if isinstance(member, str) else member
     return stable_hash(
-        {"spec": stable_hash(checkpoint_spec(plan, member, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold)}
-    )
+        {"spec": stable_hash(checkpoint_spec(plan, m, fold)), "crops": crops_hash, "folds": folds_hash, "fold": str(fold),
+         "code": training_code_version(m)}
+    )  # fmt: skip
 
 
 def _folds_hash(folds: pl.DataFrame) -> str:
@@ -201,8 +217,9 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
         data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
-        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key, log=log)
-        write_scored_images(out_dir, train_part)
+        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key,
+                                      log=log, train_groups=train_part["image_id"].to_numpy())
+        write_scored_images(out_dir, train_part[outcome.extra.pop("scored_rows").tolist()])
     else:
         outcome = train_member_model(
             member.backbone, len(classes), *fold_arrays,
@@ -263,6 +280,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         outcome.best_state,
         {
             "fingerprint": print_,
+            "code_version": training_code_version(member),
             "member": member.key,
             "fold": fold_key,
             "held_out_fold": held_out,

@@ -96,3 +96,25 @@ def test_no_detector_plan_runs_data_and_crops_through_dagster(tmp_path, instance
     assert summary["n_images"] == len(truth) == summary["n_fallback_only"]
     assert summary["detection_status"] == {"no_detector": len(truth)}
     assert runner.instance.get_materialized_partitions(dg.AssetKey("crops")) == {"full"}
+
+
+def test_camtrap_dp_package_through_data_and_crops(tmp_path, instance_home):
+    from .camtrap_package import write_camtrap_package
+
+    truth = write_camtrap_package(tmp_path / "package")
+    params = {
+        "data": {"layout": "camtrap-dp", "root": "package"},
+        "crops": {"image_size": 16},
+        "folds": {"k": 3},
+        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
+        "workdir": "work",
+    }
+    runner, lines, code = _run_data_stage(tmp_path, params)
+    assert code == 0 and runner.run(["crops"]) == 0, "\n".join(lines)
+    assert any("folds grouped by sequence: 12 groups" in line for line in lines), lines
+    manifest_meta = _latest_materialization(runner, "manifest")
+    assert manifest_meta["quarantined_label_rows"] == 3 and "remote URL" in manifest_meta["quarantine_examples"]
+    summary = json.loads((runner.plan.crops_dir("boxes") / "summary.json").read_text())
+    assert summary["n_images"] == len(truth["labels"]) + 3 and summary["n_quarantined"] == 3
+    assert summary["n_used"] == len(truth["boxed"])
+    assert runner.instance.get_materialized_partitions(dg.AssetKey("crops")) == {"boxes"}

@@ -92,7 +92,9 @@ def test_subset_member_checkpoints_and_oof_come_out_of_dagster(materialized):
             f"copy{j}" for j in range(2) for _ in range(phase["copy_epochs"])]
         assert [r["epoch"] for r in sidecar["history"]] == list(range(len(sidecar["history"])))
         scores = pl.read_parquet(directory / SCORES_FILE)
-        assert scores.height == sidecar["metrics"]["n_train_crops"]
+        # Scored and trained: the training crops minus the selection slice soups are chosen on.
+        assert scores.height == sidecar["metrics"]["n_train_crops"] - sidecar["metrics"]["subset_selection_crops"] > 0
+        assert sidecar["metrics"]["subset_selection_crops"] > 0 and "fallback_to_base" in phase
 
     # Smoke trains one reduced phase (the smoke budget's 2 epochs, raised to 2 x copies); the folds the config as written.
     smoke = json.loads((plan.checkpoint_dir(SUBSET, "smoke") / "checkpoint.json").read_text())
