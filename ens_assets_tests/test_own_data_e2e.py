@@ -158,3 +158,18 @@ def test_coco_camera_traps_with_seq_id_and_held_out_sites(cli_env, capsys):
     assert spec["test_images"] == 9 and spec["test_labelled_images"] == 9
     _assert_test_scores_for_every_member_and_combiner(params)
     assert "site shift" in (params.parent / "work" / "diagnostics" / "roadmap.md").read_text()
+
+
+def test_camtrap_dp_package_with_its_observation_boxes(cli_env, capsys):
+    """A Camtrap DP 1.0 package (deployments, media, observations; a video, a remote URL and an unclassified
+    media among them): no MegaDetector file, so the observation boxes are the detections."""
+    from ens_assets_tests.data.camtrap_package import write_camtrap_package
+
+    project = cli_env / "camtrap"
+    truth = write_camtrap_package(project / "package")
+    params = tiny_default_params(project, {"layout": "camtrap-dp", "root": "package"})
+    code, out = _run_all(params, capsys)
+    _assert_ensemble(params, code, out)
+    folds = pl.read_parquet(params.parent / "work" / "folds.parquet")
+    assert folds.height == len(truth["labels"])
+    assert folds.group_by("group").agg(pl.col("fold").n_unique())["fold"].max() == 1, "an event spans folds"
