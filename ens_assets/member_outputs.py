@@ -76,6 +76,9 @@ def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
             facts["mlflow_run_ids"].append(stored["mlflow_run_id"])
     facts.setdefault("flops_per_image", 0)
     facts.setdefault("param_count", 0)
+    # Test predictions average every prediction checkpoint (k fold models at cv): that is the inference cost.
+    facts["models_at_inference"] = len(plan.prediction_folds(member))
+    facts["inference_flops_per_image"] = facts["flops_per_image"] * facts["models_at_inference"]
     facts["mlflow_run_id"] = facts["mlflow_run_ids"][0] if facts["mlflow_run_ids"] else None
     return facts
 

@@ -246,6 +246,9 @@ class TrackingConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    # Whether nightly_training / morning_predictions start RUNNING (tick under `make ui`) or STOPPED;
+    # a toggle in the UI overrides this for that instance.
+    enabled: bool = True
     timezone: str = "UTC"
     nightly_cron: str = "0 1 * * *"
     morning_cron: str = "0 7 * * *"
@@ -453,7 +456,8 @@ class Plan(_Strict):
 
     def budget(self, member: Member | str) -> Budget:
         m = self.member(member) if isinstance(member, str) else member
-        return self.training.smoke if m.stage == "smoke" else self.training.cv
+        config = self.training_config(m)
+        return config.smoke if m.stage == "smoke" else config.cv
 
     def checkpoint_folds(self, member: Member | str) -> list[str]:
         """Checkpoint partitions a member may run now: 'smoke' always, the k folds once promoted to cv."""
@@ -465,8 +469,10 @@ class Plan(_Strict):
         m = self.member(member) if isinstance(member, str) else member
         return [SMOKE_FOLD] if m.stage == "smoke" else list(self.fold_keys)
 
-    def budget_for_fold(self, fold: int | str) -> Budget:
-        return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
+    def budget_for_fold(self, fold: int | str, member: Member | str | None = None) -> Budget:
+        """The smoke or cv budget of a fold partition; a member's own when its overrides set one."""
+        config = self.training if member is None else self.training_config(member)
+        return config.smoke if str(fold) == SMOKE_FOLD else config.cv
 
     def image_size(self, member: Member | str) -> int:
         """The square input size a member trains and predicts at."""
@@ -489,7 +495,12 @@ class Plan(_Strict):
 
     def training_config(self, member: Member | str) -> TrainingConfig:
         m = self.member(member) if isinstance(member, str) else member
-        return self.training.model_copy(update=m.overrides)
+        if not m.overrides:
+            return self.training
+        # A budget override (smoke/cv) may give only some fields: the rest come from the plan's budget.
+        update = {k: ({**getattr(self.training, k).model_dump(), **v} if k in ("smoke", "cv") and isinstance(v, dict) else v)
+                  for k, v in m.overrides.items()}  # fmt: skip
+        return TrainingConfig.model_validate({**self.training.model_dump(), **update})
 
     def member_spec(self, member: Member | str) -> dict[str, Any]:
         """Everything that determines a member's checkpoints; hashed for skip-when-fresh.

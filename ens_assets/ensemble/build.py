@@ -81,7 +81,8 @@ def _member_flops(member_info: dict[str, dict], members: Sequence[str]) -> dict[
             f"member_info lacks flops_per_image for {missing}; the training stage records it per member "
             "(torch.utils.flop_counter) and the ensemble needs it for the accuracy-vs-compute table"
         )
-    return {m: int(member_info[m]["flops_per_image"]) for m in members}
+    # FLOPs-true: a member predicts with all its fold models, so its inference cost is per-model FLOPs x models.
+    return {m: int(member_info[m].get("inference_flops_per_image") or member_info[m]["flops_per_image"]) for m in members}
 
 
 def build_ensemble(
