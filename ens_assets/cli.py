@@ -112,7 +112,7 @@ class StageRunner:
             log.write(f"{line}\n")
 
     def _run(self, job: str, partition_key=None, label: str = "") -> bool:
-        from ens_assets.runs.failures import run_failures
+        from ens_assets.runs.failures import gate_said_no, run_failures
         from ens_assets.runs.run_log import cli_logger_config
 
         started = time.perf_counter()
@@ -127,8 +127,8 @@ class StageRunner:
         elapsed = time.perf_counter() - started
         self.step_seconds[label or job] = elapsed
         failed = run_failures(result, None if partition_key is None else str(partition_key))
-        gate_only = bool(failed) and all(f.is_gate_verdict for f in failed)
-        status = "ok" if result.success else ("gate failed" if gate_only else "FAILED")
+        gate_only = (bool(failed) and all(f.is_gate_verdict for f in failed)) or (result.success and gate_said_no(result))
+        status = "gate failed" if gate_only else ("ok" if result.success else "FAILED")
         self.out(f"  [{status}] {label or job} ({elapsed:.1f}s)")
         if gate_only:
             self.gate_failures.append(label or job)

@@ -234,6 +234,9 @@ class TrackingConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    # Whether nightly_training / morning_predictions start RUNNING (tick under `make ui`) or STOPPED;
+    # a toggle in the UI overrides this for that instance.
+    enabled: bool = True
     timezone: str = "UTC"
     nightly_cron: str = "0 1 * * *"
     morning_cron: str = "0 7 * * *"

@@ -31,27 +31,40 @@ def png_markdown(png_bytes: bytes, alt: str) -> str:
 
 def confusion_grid_png(stack: MemberStack, ensemble_probs: np.ndarray | None = None,
                        ensemble_name: str = "ensemble", max_cols: int = 3) -> bytes:
-    """One row-normalized confusion heatmap per member (+ the ensemble), sharing one colour scale."""
+    """One confusion heatmap per member (+ the ensemble): cells coloured by the share of the true class
+    (one colour bar for all panels), the image counts written in."""
     panels = list(zip(stack.members, stack.probs))
     if ensemble_probs is not None:
         panels.append((ensemble_name, ensemble_probs))
     cols = min(max_cols, len(panels))
     rows = -(-len(panels) // cols)
-    size = 1.6 + 0.35 * len(stack.classes)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    labels = list(range(len(stack.classes)))
-    for ax, (name, probs) in zip(axes.flat, panels):
-        cm = confusion_matrix(stack.y, probs.argmax(axis=1), labels=labels).astype(float)
-        cm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
-        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
+    n = len(stack.classes)
+    size = 1.8 + 0.42 * n
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows), squeeze=False)
+    labels = list(range(n))
+    image = None
+    for index, (ax, (name, probs)) in enumerate(zip(axes.flat, panels)):
+        counts = confusion_matrix(stack.y, probs.argmax(axis=1), labels=labels)
+        share = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for (i, j), count in np.ndenumerate(counts):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
         ax.set_title(name, fontsize=8)
         ax.set_xticks(labels, stack.classes, rotation=90, fontsize=6)
-        ax.set_yticks(labels, stack.classes, fontsize=6)
+        # Class names on the left column only: they would run into the neighbouring panel.
+        ax.set_yticks(labels, stack.classes if index % cols == 0 else [], fontsize=6)
         ax.set_xlabel("predicted", fontsize=7)
-        ax.set_ylabel("true", fontsize=7)
+        if index % cols == 0:
+            ax.set_ylabel("true", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
+    if image is not None:
+        bar = fig.colorbar(image, ax=list(axes.flat), shrink=0.8, pad=0.02)
+        bar.set_label("share of the true class (numbers: images)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     return _to_png(fig)
 
 
