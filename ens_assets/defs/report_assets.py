@@ -46,7 +46,8 @@ def night_events(instance: dg.DagsterInstance, since: float) -> list:
             skipped = bool(value.get("skipped_fresh"))
             events.append(NightEvent(
                 member, fold, "skipped_fresh" if skipped else "trained",
-                wall_seconds=0.0 if skipped else float(value.get("wall_seconds") or 0.0),
+                # The checkpoint's metadata says "minutes" (defs.metadata.checkpoint_metadata); older ones "wall_seconds".
+                wall_seconds=0.0 if skipped else float(value.get("wall_seconds") or 60.0 * float(value.get("minutes") or 0.0)),
                 peak_memory_mb=0.0 if skipped else float(value.get("peak_memory_mb") or 0.0),
                 note=note, run_id=run.run_id))
     return events
