@@ -131,6 +131,24 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam("nobody") if os.geteuid() == 0 else None
 
 
+def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path:
+    """bin_dir, or a copy of its installation under `scratch` when `user` cannot run it from where it is (a
+    virtualenv inside a folder private to root)."""
+    try:
+        probe = subprocess.run([str(bin_dir / "initdb"), "--version"], capture_output=True, cwd="/",
+                               user=user.pw_uid, group=user.pw_gid, extra_groups=[])  # fmt: skip
+        if probe.returncode == 0:
+            return bin_dir
+    except PermissionError:
+        pass
+    shutil.copytree(bin_dir.parent, scratch, symlinks=True)
+    for path in [scratch, *scratch.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode | 0o444
+            path.chmod(mode | 0o111 if path.is_dir() or mode & 0o100 else mode)
+    return scratch / "bin"
+
+
 def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user: pwd.struct_passwd | None = None,
            stop_signal: int = signal.SIGTERM) -> tuple[Process, subprocess.Popen]:  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +247,7 @@ class Stack:
 
     @property
     def pg_data(self) -> Path:
-        return Path(self.pg_data_dir) if self.pg_data_dir else self.state_dir / "pgdata"
+        return Path(self.pg_data_dir) / "data" if self.pg_data_dir else self.state_dir / "pgdata"
 
     def postgres_url(self, db: str, driver: str = "+psycopg2") -> str:
         """SQLAlchemy's URL (SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; psycopg2 is what is installed)."""
@@ -277,6 +295,7 @@ class Stack:
         if user is not None:
             self.pg_data_dir = tempfile.mkdtemp(prefix="ens-assets-pg-")
             os.chown(self.pg_data_dir, user.pw_uid, user.pw_gid)
+            bin_dir = _reachable_by(user, bin_dir, Path(self.pg_data_dir) / "pginstall")
         log = self.state_dir / "logs" / "postgres.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         initdb = subprocess.run(
@@ -438,7 +457,8 @@ class Stack:
                 popen.wait(timeout=5)
             self.processes.remove(process)
         if name is None and self.pg_data_dir:
-            if (self.pg_data / "server.log").exists():
+            if (self.pg_data / "server.log").exists() and self.state_dir.exists():
+                (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
                 shutil.copy(self.pg_data / "server.log", self.state_dir / "logs" / "postgres.log")
             shutil.rmtree(self.pg_data_dir, ignore_errors=True)
             self.pg_data_dir = None
