@@ -364,7 +364,9 @@ class Stack:
                 # another run's step holds the gpu, instead of one after the other.
                 "op_granularity_run_buffer": 4,
             }},
-            "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 5, "poll_interval_seconds": 5},
+            # A run's orchestration may take a while to start on a busy machine (it loads torch and the project).
+            "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 5, "poll_interval_seconds": 5,
+                               "start_timeout_seconds": 900},
             "run_retries": {"enabled": True, "max_retries": 1},
             "telemetry": {"enabled": False},
         }
@@ -398,7 +400,7 @@ class Stack:
             self.wait_for_worker(name)
         return process
 
-    def wait_for_worker(self, name: str, timeout_s: float = 240) -> None:
+    def wait_for_worker(self, name: str, timeout_s: float = 600) -> None:
         process = self.process(f"worker-{name}")
         ready = lambda: f"{name}@" in (text := _tail(process.log, 200)) and "ready." in text  # noqa: E731
         _wait_until(ready, f"celery worker {name}", self._popens.get(process.pid), process.log, timeout_s)
