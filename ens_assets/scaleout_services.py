@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
 HOST = "127.0.0.1"
@@ -37,7 +38,6 @@ STATE_FILE = "services.json"
 CODE_LOCATION = "ens_assets_scaleout"
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
-RUNS_QUEUE = "runs"
 # The env var naming the params.yaml every process of the stack builds its definitions from.
 PARAMS_ENV = "ENS_ASSETS_PARAMS"
 
@@ -53,8 +53,7 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 def celery_settings(visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> dict:
     return {
-        # Steps only: a run's orchestration (execute_job, queue `runs`) lasts as long as the whole run, and a dead
-        # run worker is run monitoring's to detect (CeleryRunLauncher reports the task's state).
+        # Steps only (a dead run worker is run monitoring's to detect, and run_retries re-executes its run).
         "task_annotations": {"execute_plan": {"acks_late": True, "reject_on_worker_lost": True}},
         # A step handed out again although it had finished (it outlived visibility_timeout) is not run twice.
         "worker_deduplicate_successful_tasks": True,
@@ -162,15 +161,10 @@ def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie child of ours counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -193,13 +187,12 @@ def stop_process_group(pid: int, stop_signal: int = signal.SIGTERM, grace_s: flo
 
 
 def _group_alive(pgid: int) -> bool:
-    for stat in glob.glob("/proc/[0-9]*/stat"):
+    for process in psutil.process_iter(["status"]):
         try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
     return False
 
 
@@ -345,18 +338,14 @@ class Stack:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         instance = {
             "storage": {"postgres": {"postgres_url": self.postgres_url("dagster")}},
-            # Runs wait in the daemon's queue; each run's orchestration is a Celery task on queue `runs` (a warm
-            # worker process, not a fresh interpreter per run), and every step of it a Celery task on its queue.
+            # Runs wait in the daemon's queue; each is orchestrated by a run worker process on this (head) machine
+            # (the default run launcher), and every step of it is a Celery task on its queue. dagster-celery's
+            # CeleryRunLauncher cannot drive the Celery executor: its orchestration task waits on the step tasks
+            # with result.get(), which Celery refuses inside a task ("Never call result.get() within a task!").
             "run_coordinator": {
                 "module": "dagster._core.run_coordinator",
                 "class": "QueuedRunCoordinator",
                 "config": {"dequeue_interval_seconds": 1},
-            },
-            "run_launcher": {
-                "module": "dagster_celery.launcher",
-                "class": "CeleryRunLauncher",
-                "config": {"broker": self.redis_url(0), "backend": self.redis_url(1), "default_queue": RUNS_QUEUE,
-                           "config_source": celery_settings(self.visibility_timeout_s)},
             },
             "concurrency": {"runs": {"max_concurrent_runs": 8}, "pools": {
                 "default_limit": 1, "granularity": "op",
@@ -406,8 +395,6 @@ class Stack:
         _wait_until(ready, f"celery worker {name}", self._popens.get(process.pid), process.log, timeout_s)
 
     def start_default_workers(self, wait: bool = True) -> None:
-        # Run orchestrations wait on their steps: on a worker of their own, they can never starve the steps.
-        self.start_worker("runs", RUNS_QUEUE, concurrency=4, wait=False)
         self.start_worker("cpu", DEFAULT_QUEUE, concurrency=2, wait=False)
         self.start_worker("gpu", GPU_QUEUE, concurrency=self.gpu_concurrency, wait=False)
         if wait:
@@ -525,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Dagster UI on the Postgres instance: http://{HOST}:{stack.ports['ui']}\n"
         f"PostgreSQL {stack.postgres_url('dagster')}   Redis {stack.redis_url(0)}\n"
-        f"Workers: runs (queue {RUNS_QUEUE}), cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
+        f"Workers: cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
         "To talk to it from a shell:\n"
         + "".join(f"  export {k}={env[k]}\n" for k in ("DAGSTER_HOME", PARAMS_ENV, "DAGSTER_CELERY_BROKER_URL",
                                                         "DAGSTER_CELERY_BACKEND_URL", "MLFLOW_TRACKING_URI"))  # fmt: skip
