@@ -243,7 +243,7 @@ def test_backfill_materializes_every_partition_one_gpu_step_at_a_time(backfill, 
         assert _workers_of(instance, run.run_id) == ["gpu"], "the training step must run on the gpu worker"
         assert _workers_of(instance, run.run_id, "checkpoints_smoke_gate") == ["cpu"], "checks run on the default queue"
         assert run.run_config == {} and instance.get_job_snapshot(run.job_snapshot_id).name == "checkpoints_job"
-    assert instance.get_concurrency_info("gpu").active_slot_count == 0
+    assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
 
 
 def test_runs_events_and_mlflow_runs_are_in_postgres(backfill, instance, stack) -> None:
@@ -303,7 +303,7 @@ def nightly(backfill, instance, stack):
     os.kill(stack.worker_pid("gpu"), signal.SIGKILL)
     stack.stop("worker-gpu")
     killed_at = _recovery_epoch(recoveries[killed_member])
-    slots_while_down = instance.get_concurrency_info("gpu").active_slot_count
+    slots_while_down = instance.event_log_storage.get_concurrency_info("gpu").active_slot_count
     _progress(f"killed the gpu worker at epoch {killed_at} of {killed_member} smoke, {time.time() - t0:.0f}s after the tick")
     # Another gpu worker (another machine, in production) picks the unfinished step up from the shared workdir.
     stack.start_worker("gpu2", "gpu", concurrency=1)
@@ -339,7 +339,7 @@ def test_a_killed_gpu_worker_step_resumes_on_another_worker_from_its_epoch_check
     assert sidecar["metrics"]["resumed_from_epoch"] >= nightly["killed_at"] >= 2, (sidecar["metrics"], nightly["killed_at"])
     assert sidecar["metrics"]["epochs_run"] == 20
     assert nightly["slots_while_down"] >= 1, "the unfinished step keeps its gpu slot while no worker runs it"
-    info = instance.get_concurrency_info("gpu")
+    info = instance.event_log_storage.get_concurrency_info("gpu")
     assert info.active_slot_count == 0 and info.pending_step_count == 0, info
     stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.QUEUED]))
     assert not stuck, [r.run_id for r in stuck]
