@@ -129,17 +129,19 @@ def _wait_for_runs(instance: dg.DagsterInstance, filters: dg.RunsFilter, count: 
 
 
 def _gpu_step_intervals(instance: dg.DagsterInstance, run_ids: list[str]) -> list[tuple[float, float, str]]:
-    """(start, end, run id) of every execution of the checkpoints step, from the event log."""
+    """(start, end, run id) of every execution of the checkpoints step on a worker, from the event log: from the
+    task starting on the worker (dagster-celery's "Executing steps" engine event) to STEP_SUCCESS/FAILURE, so the
+    span is the time the step held a worker slot, not only its (here very short) training."""
     intervals = []
-    kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
     for run_id in run_ids:
         start = None
-        for event in instance.all_logs(run_id, of_type=kinds):
-            if event.step_key != "checkpoints":
+        for event in instance.all_logs(run_id):
+            kind = event.dagster_event.event_type if event.dagster_event else None
+            if event.step_key != "checkpoints" or kind is None:
                 continue
-            if event.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            if kind == dg.DagsterEventType.ENGINE_EVENT and "Celery worker" in (event.dagster_event.engine_event_data.metadata or {}):
                 start = event.timestamp
-            elif start is not None:
+            elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE) and start is not None:
                 intervals.append((start, event.timestamp, run_id))
                 start = None
     return intervals
