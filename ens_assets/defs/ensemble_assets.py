@@ -46,7 +46,7 @@ def build_ensemble_assets(
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
-                **table_metadata(_headline(result.scores)),
+                **table_metadata(_headline(result.scores, result.spec["method"])),
                 "method": plan.ensemble.method,
                 "fitted_method": result.spec["method"],
                 "temperature": result.spec["temperature"],
@@ -173,13 +173,14 @@ def image_sites(plan: Plan) -> dict[str, str] | None:
     return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
-def _headline(scores) -> dict[str, float]:
-    """Ensemble and best-member honest scores as numbers, so the UI plots them across nights."""
+def _headline(scores, method: str) -> dict[str, float]:
+    """The fitted ensemble's and the best member's honest scores as numbers (the UI plots them across
+    nights); every other method is in the honest_scores table."""
     out: dict[str, float] = {}
     for row in scores.iter_rows(named=True):
-        if row["name"] in ("best_single_member",) or row["kind"] == "ensemble":
-            out[f"{row['name']}/log_loss"] = float(row["log_loss"])
-            out[f"{row['name']}/accuracy"] = float(row["accuracy"])
+        if row["name"] in (method, "best_single_member"):
+            out[f"{row['name']}/log_loss"] = round(float(row["log_loss"]), 4)
+            out[f"{row['name']}/accuracy"] = round(float(row["accuracy"]), 4)
     return out
 
 
