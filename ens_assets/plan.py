@@ -74,6 +74,9 @@ class DataConfig(_Strict):
     # Fraction of train sites held out as test sites for layouts without a test split (zamba,
     # imagefolder, coco). Conser-vision and the demo bring their own test split.
     test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Or name the held-out sites. Either way their labels are kept: each member and combiner is scored on
+    # them (sites never seen in training) beside its OOF score.
+    test_sites: tuple[str, ...] = ()
     max_image_pixels: int = 40_000_000
     # Bad label rows (empty label, duplicate path, path outside the root, ...) are quarantined with the
     # reason; strict: true stops the manifest at the first one instead.
@@ -86,6 +89,13 @@ class DataConfig(_Strict):
     small_classes: Literal["drop", "merge"] = "drop"
     merged_class: str = "other"
     demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_hold_out_sites(self) -> "DataConfig":
+        if self.test_sites and self.test_site_fraction > 0:
+            raise ValueError(f"test_sites {list(self.test_sites)} and test_site_fraction {self.test_site_fraction} "
+                             "both choose test sites; keep one of them")
+        return self
 
 
 class CropConfig(_Strict):
@@ -215,6 +225,8 @@ class EnsembleConfig(_Strict):
     bootstrap_replicates: int = Field(200, ge=20)
     # The morning report proposes dropping a member whose weight was zero this many nights in a row.
     drop_after_nights: int = Field(3, ge=1)
+    # Site shift: a member whose held-out test log loss exceeds this multiple of its OOF log loss is flagged.
+    site_shift_ratio: float = Field(1.5, gt=1.0)
 
 
 class PromotionConfig(_Strict):

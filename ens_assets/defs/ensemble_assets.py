@@ -19,6 +19,8 @@ def build_ensemble_assets(
     ) -> dg.MaterializeResult:
         """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
         refuse_failed_inputs(context)
+        import polars as pl
+
         from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
@@ -35,7 +37,7 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision", groups=image_sites(plan),
+            submission_format="conservision", groups=image_sites(plan), test_labels=outputs.test_labels,
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
@@ -59,6 +61,9 @@ def build_ensemble_assets(
                 "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
+                **({"test_recall": dg.MetadataValue.md(frame_markdown(pl.read_csv(result.paths["test_recall"])))}
+                   if "test_recall" in result.paths else {}),
+                "site_shift": dg.MetadataValue.json(result.metrics["test_split"].get("site_shift", [])),
                 "mlflow_run_id": run_id,
             }
         )
@@ -82,7 +87,7 @@ def build_ensemble_assets(
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
         nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
         diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
-                                        nested_oof=nested_oof)
+                                        nested_oof=nested_oof, scores=pl.read_parquet(plan.ensemble_dir / "scores.parquet"))
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -101,6 +106,7 @@ def build_ensemble_assets(
                 "all_fail_classes": dg.MetadataValue.json(diagnostics.all_fail),
                 "single_win_classes": dg.MetadataValue.json(diagnostics.single_win),
                 "drop_candidates": dg.MetadataValue.json(diagnostics.never_selected),
+                "site_shift": dg.MetadataValue.json([m for m, _, _ in diagnostics.site_shift]),
                 "mlflow_run_id": run["run_id"],
             }
         )
@@ -150,6 +156,8 @@ def scores_for_people(scores):
             row["calibrated"] = with_interval(r["calibrated_log_loss"], None, None)
         if "delta_vs_best" in columns:
             row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
+        if r.get("test_log_loss") is not None:
+            row["test LL"] = with_interval(r["test_log_loss"], None, None)
         row["members"] = r.get("members_used")
         row["note"] = r.get("note")
         rows.append(row)
@@ -179,8 +187,9 @@ def _headline(scores, method: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in scores.iter_rows(named=True):
         if row["name"] in (method, "best_single_member"):
-            out[f"{row['name']}/log_loss"] = round(float(row["log_loss"]), 4)
-            out[f"{row['name']}/accuracy"] = round(float(row["accuracy"]), 4)
+            for column in ("log_loss", "accuracy", "test_log_loss", "test_accuracy"):
+                if row.get(column) is not None:
+                    out[f"{row['name']}/{column}"] = round(float(row[column]), 4)
     return out
 
 

@@ -107,9 +107,10 @@ def pareto_figure(compute_df: pl.DataFrame):
         ax.set_xlabel("inference FLOPs per image (per model x fold models, summed over weighted members)", fontsize=7)
         ax.set_ylabel(label)
         ax.legend(fontsize=7, loc="best")
-        names = [f"{n} (bigger model)" if b else n for n, b in zip(compute_df["name"].to_list(), bigger.to_list())]
+    fig.tight_layout()  # before placing labels: a later layout change would move points under fixed offsets
+    names = [f"{n} (bigger model)" if b else n for n, b in zip(compute_df["name"].to_list(), bigger.to_list())]
+    for ax, metric, _, _ in panels:
         place_labels(ax, compute_df["flops_per_image"].to_numpy(), compute_df[metric].to_numpy(), names)
-    fig.tight_layout()
     return fig
 
 
