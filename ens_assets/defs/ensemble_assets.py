@@ -156,7 +156,7 @@ def scores_for_people(scores):
             row["calibrated"] = with_interval(r["calibrated_log_loss"], None, None)
         if "delta_vs_best" in columns:
             row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
-        if r.get("test_log_loss") is not None:
+        if "test_log_loss" in columns:
             row["test LL"] = with_interval(r["test_log_loss"], None, None)
         row["members"] = r.get("members_used")
         row["note"] = r.get("note")
