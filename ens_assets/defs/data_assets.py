@@ -1,6 +1,8 @@
 """Data stage: source images -> manifest -> detections -> crops per threshold, and folds grouped by site, sequence or burst."""
 
 
+from pathlib import Path
+
 import polars as pl
 
 import dagster as dg
@@ -34,7 +36,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
         if not plan.data_root.is_dir():
             raise dg.Failure(
                 description=f"data.root {plan.data_root} does not exist: point data.root in "
-                f"{plan.base_dir}/params.yaml at your {plan.data.layout} dataset"
+                f"{plan.params_file or Path(plan.base_dir) / 'params.yaml'} at your {plan.data.layout} dataset"
             )
         return dg.MaterializeResult(metadata={"root": dg.MetadataValue.path(str(plan.data_root))})
 
