@@ -156,7 +156,7 @@ def _remove_dead_leftovers(target: Path, marker: str) -> None:
     for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid, _, host = leftover.name[len(prefix) :].split("-", 1)[0].partition("_")
         if pid.isdigit() and host == _HOST:
-            dead = int(pid) != os.getpid() and not _process_alive(int(pid))
+            dead = int(pid) != os.getpid() and not process_alive(int(pid))
         else:  # another machine's, or from before folders named their builder: judged by age alone
             dead = _mtime(leftover) < started - _UNOWNED_GRACE_S
         if dead:
@@ -174,14 +174,18 @@ def _mtime(path: Path) -> float:
         return float("inf")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs (a zombie, killed and not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except PermissionError:  # alive, owned by another user
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # --- disk full / read-only ------------------------------------------------------------------------
