@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export ENS_ASSETS_DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 PIP_QUIET ?= -q
 
-.PHONY: install demo test bench ui mlflow-ui dvc-env repro clean-work
+.PHONY: install demo test bench ui mlflow-ui dvc-env repro clean-work scaleout-up scaleout-down
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,12 @@ mlflow-ui: install
 
 clean-work:
 	rm -rf data/work
+
+# The scale-out stack on this machine (PostgreSQL, Redis, a cpu and a gpu Celery worker, the daemon, the UI on
+# the Postgres instance), all on 127.0.0.1; state and logs in scaleout/. See deploy/README.md.
+SCALEOUT_STATE ?= scaleout
+scaleout-up: install
+	$(PY) -m ens_assets.scaleout_services up --state $(SCALEOUT_STATE) --params params.yaml --ui-port 3000
+
+scaleout-down:
+	$(PY) -m ens_assets.scaleout_services down --state $(SCALEOUT_STATE)

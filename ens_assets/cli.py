@@ -2,7 +2,8 @@
 $DAGSTER_HOME (the repo's dagster_home/ by default), so runs from `dvc repro`, `make demo` and the UI are
 one history.
 
-    ens-assets check                 validate params.yaml
+    ens-assets check                 validate params.yaml and look at the data it names
+    ens-assets init DIR [--out P]    inspect a folder of your images, write a params file for it, check it
     ens-assets materialize STAGE     data | crops | train | predict | ensemble | all
     ens-assets demo                  everything, then where to look
 """
@@ -82,7 +83,7 @@ class StageRunner:
             log.write(f"{line}\n")
 
     def _run(self, job: str, partition_key=None, label: str = "") -> bool:
-        from ens_assets.runs.failures import run_failures
+        from ens_assets.runs.failures import gate_said_no, run_failures
         from ens_assets.runs.run_log import cli_logger_config
         from ens_assets.runs.watchdog import run_tags
 
@@ -98,8 +99,8 @@ class StageRunner:
         elapsed = time.perf_counter() - started
         self.step_seconds[label or job] = elapsed
         failed = run_failures(result, None if partition_key is None else str(partition_key))
-        gate_only = bool(failed) and all(f.is_gate_verdict for f in failed)
-        status = "ok" if result.success else ("gate failed" if gate_only else "FAILED")
+        gate_only = (bool(failed) and all(f.is_gate_verdict for f in failed)) or (result.success and gate_said_no(result))
+        status = "gate failed" if gate_only else ("ok" if result.success else "FAILED")
         self.out(f"  [{status}] {label or job} ({elapsed:.1f}s)")
         if gate_only:
             self.gate_failures.append(label or job)
@@ -121,6 +122,12 @@ class StageRunner:
             self.out(f"      folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})")
             if grouping.get("warning"):
                 self.out(f"      warning: {grouping['warning']}")
+        report = json.loads(self.plan.manifest_report_path.read_text()) if self.plan.manifest_report_path.is_file() else {}
+        if report.get("small_classes"):
+            self.out(f"      classes with fewer images than folds.k = {self.plan.folds.k}: {report['small_classes']} "
+                     "(kept; data.min_class_images drops or merges them)")
+        for note in report.get("notes", []):
+            self.out(f"      note: {note}")
         from ens_assets.runs.quarantine_report import data_stage_report
 
         for line in data_stage_report(self.plan):
@@ -203,8 +210,11 @@ def _test_split_line(plan) -> str:
     from ens_assets.ensemble.build import NO_TEST_SPLIT
 
     spec_path = plan.ensemble_dir / "spec.json"
-    n = json.loads(spec_path.read_text()).get("test_images", 0) if spec_path.is_file() else 0
-    return f"test split: {n} images (submission.csv)" if n else NO_TEST_SPLIT
+    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    n, labelled = spec.get("test_images", 0), spec.get("test_labelled_images", 0)
+    if not n:
+        return NO_TEST_SPLIT
+    return f"test split: {n} images (submission.csv)" + (f"; {labelled} labelled, scored in scores.csv (test_*)" if labelled else "")
 
 
 def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
@@ -213,7 +223,9 @@ def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     scores_path = plan.ensemble_dir / "scores.parquet"
     out("\n=== ensemble vs members (honest, nested-by-fold OOF scores) ===")
     if scores_path.is_file():
-        scores = pl.read_parquet(scores_path).select("name", "kind", "log_loss", "accuracy", "in_sample_log_loss", "nested")
+        scores = pl.read_parquet(scores_path)
+        held_out = [c for c in ("test_log_loss", "test_accuracy") if c in scores.columns and scores[c].null_count() < scores.height]
+        scores = scores.select("name", "kind", "log_loss", "accuracy", *held_out, "in_sample_log_loss", "nested")
         with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4, tbl_hide_dataframe_shape=True):
             out(str(scores))
     roadmap = plan.diagnostics_dir / "roadmap.md"
@@ -232,6 +244,39 @@ def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     out("  MLflow UI:       make mlflow-ui   (http://127.0.0.1:5000)")
 
 
+def _check_data(plan, out=print) -> int:
+    """The data half of `check`: files, images, classes, groups, test split, detections (nothing trained)."""
+    from ens_assets.data.data_check import check_data
+
+    started = time.perf_counter()
+    report = check_data(plan)
+    out(f"data ({plan.data.layout} at {plan.data_root}):")
+    for line in report.lines():
+        out(line)
+    out(f"data {'OK' if report.ok else 'has problems'} ({time.perf_counter() - started:.1f}s)")
+    return 0 if report.ok else 1
+
+
+def _init(folder: Path, out_path: Path, force: bool, out=print) -> int:
+    """`init DIR`: what the folder holds, the params file written for it, then `check` on that file."""
+    from ens_assets.data.ingest import ManifestError
+    from ens_assets.plan import PlanError, load_plan
+    from ens_assets.project_init import InitError, inspect_folder, write_params
+
+    try:
+        facts = inspect_folder(folder)
+        path = write_params(facts, out_path, force=force)
+        plan = load_plan(path)
+    except (InitError, ManifestError, PlanError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out(f"{facts.root}: layout {facts.layout}, {facts.n_images} images, {len(facts.classes)} classes, "
+        f"{facts.n_sites or 'no'} sites, groups by {facts.group_by}"
+        + (f", detections {facts.detections} (thresholds {facts.thresholds})" if facts.detections else ", no detections"))
+    out(f"wrote {path} ({len(plan.members)} members, {plan.folds.k} folds); checking it:")
+    return _check_data(plan, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ens-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
@@ -242,12 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print Dagster's engine events and full traces")
     after.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="print full traces")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", parents=[after], help="validate params.yaml and list the partitions it defines")
+    sub.add_parser("check", parents=[after], help="validate params.yaml, list its partitions and look at the data (files, images, classes, groups, test split, detections)")
     sub.add_parser("instance", parents=[after], help="prepare the Dagster instance in $DAGSTER_HOME (gpu pool limit of one)")
     materialize = sub.add_parser("materialize", parents=[after], help="run one stage's assets through Dagster")
     materialize.add_argument("stage", choices=[*STAGES, "all"])
     sub.add_parser("demo", parents=[after], help="run every stage on the plan, then print where to look")
+    init = sub.add_parser("init", help="inspect a folder of your images, write a params.yaml for it, then check it")
+    init.add_argument("folder", type=Path, help="the folder holding your images (and labels / MegaDetector JSON)")
+    init.add_argument("--out", type=Path, default=Path("params.yaml"), help="params file to write (default: params.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     args = parser.parse_args(argv)
+    if args.command == "init":
+        return _init(args.folder, args.out, args.force)
 
     from ens_assets.plan import PlanError, load_plan
 
@@ -260,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan OK: {len(plan.members)} members, thresholds {plan.threshold_keys}, {plan.folds.k} folds")
         for member in plan.members:
             print(f"  {member.key:40s} stage {member.stage:5s} partitions {plan.checkpoint_folds(member)}")
-        return 0
+        return _check_data(plan)
     if args.command == "instance":
         instance = _instance()
         print(f"instance {os.environ['DAGSTER_HOME']}: pool limits {instance.event_log_storage.get_concurrency_keys()}")

@@ -20,6 +20,8 @@ class MemberOutputs:
     classes: list[str]
     info: dict[str, dict[str, Any]]  # flops_per_image, param_count, mlflow_run_ids per member
     excluded: dict[str, str] = field(default_factory=dict)  # member -> why it is not in the ensemble
+    # image_id -> label of labelled test images (held-out sites); empty when the test split is unlabelled or absent
+    test_labels: dict[str, str] = field(default_factory=dict)
 
 
 def collect_member_outputs(plan: Plan) -> MemberOutputs:
@@ -47,7 +49,17 @@ def collect_member_outputs(plan: Plan) -> MemberOutputs:
             continue
         oof[key], test[key] = frame, pl.read_parquet(test_path)
         info[key] = _member_facts(plan, key)
-    return MemberOutputs(oof=oof, test=test, classes=classes or [], info=info, excluded=excluded)
+    return MemberOutputs(oof=oof, test=test, classes=classes or [], info=info, excluded=excluded,
+                         test_labels=test_labels(plan))
+
+
+def test_labels(plan: Plan) -> dict[str, str]:
+    """Labels the manifest keeps for test images (sites held out by data.test_site_fraction / test_sites)."""
+    if not plan.manifest_path.is_file():
+        return {}
+    manifest = pl.read_parquet(plan.manifest_path, columns=["image_id", "label", "split"])
+    labelled = manifest.filter((pl.col("split") == "test") & pl.col("label").is_not_null())
+    return dict(labelled.select("image_id", "label").iter_rows())
 
 
 def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
@@ -64,6 +76,9 @@ def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
             facts["mlflow_run_ids"].append(stored["mlflow_run_id"])
     facts.setdefault("flops_per_image", 0)
     facts.setdefault("param_count", 0)
+    # Test predictions average every prediction checkpoint (k fold models at cv): that is the inference cost.
+    facts["models_at_inference"] = len(plan.prediction_folds(member))
+    facts["inference_flops_per_image"] = facts["flops_per_image"] * facts["models_at_inference"]
     facts["mlflow_run_id"] = facts["mlflow_run_ids"][0] if facts["mlflow_run_ids"] else None
     return facts
 

@@ -74,6 +74,9 @@ class DataConfig(_Strict):
     # Fraction of train sites held out as test sites for layouts without a test split (zamba,
     # imagefolder, coco). Conser-vision and the demo bring their own test split.
     test_site_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Or name the held-out sites. Either way their labels are kept: each member and combiner is scored on
+    # them (sites never seen in training) beside its OOF score.
+    test_sites: tuple[str, ...] = ()
     max_image_pixels: int = 40_000_000
     # Bad label rows (empty label, duplicate path, path outside the root, ...) are quarantined with the
     # reason; strict: true stops the manifest at the first one instead.
@@ -86,6 +89,13 @@ class DataConfig(_Strict):
     small_classes: Literal["drop", "merge"] = "drop"
     merged_class: str = "other"
     demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_hold_out_sites(self) -> "DataConfig":
+        if self.test_sites and self.test_site_fraction > 0:
+            raise ValueError(f"test_sites {list(self.test_sites)} and test_site_fraction {self.test_site_fraction} "
+                             "both choose test sites; keep one of them")
+        return self
 
 
 class CropConfig(_Strict):
@@ -215,6 +225,8 @@ class EnsembleConfig(_Strict):
     bootstrap_replicates: int = Field(200, ge=20)
     # The morning report proposes dropping a member whose weight was zero this many nights in a row.
     drop_after_nights: int = Field(3, ge=1)
+    # Site shift: a member whose held-out test log loss exceeds this multiple of its OOF log loss is flagged.
+    site_shift_ratio: float = Field(1.5, gt=1.0)
 
 
 class PromotionConfig(_Strict):
@@ -234,6 +246,9 @@ class TrackingConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    # Whether nightly_training / morning_predictions start RUNNING (tick under `make ui`) or STOPPED;
+    # a toggle in the UI overrides this for that instance.
+    enabled: bool = True
     timezone: str = "UTC"
     nightly_cron: str = "0 1 * * *"
     morning_cron: str = "0 7 * * *"
@@ -323,7 +338,7 @@ class Plan(_Strict):
             if unknown:
                 raise ValueError(f"{where}: unknown overrides {sorted(unknown)}; allowed: {sorted(TrainingConfig.model_fields)}")
             try:  # the overrides through the training section's own schema: {lr: -1} fails here, not in the optimizer
-                TrainingConfig.model_validate({**self.training.model_dump(), **m.overrides})
+                self.training_config(m)
             except ValidationError as exc:
                 problems = "; ".join(f"overrides.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
                 raise ValueError(f"{where}: {problems}") from None
@@ -448,7 +463,8 @@ class Plan(_Strict):
 
     def budget(self, member: Member | str) -> Budget:
         m = self.member(member) if isinstance(member, str) else member
-        return self.training.smoke if m.stage == "smoke" else self.training.cv
+        config = self.training_config(m)
+        return config.smoke if m.stage == "smoke" else config.cv
 
     def checkpoint_folds(self, member: Member | str) -> list[str]:
         """Checkpoint partitions a member may run now: 'smoke' always, the k folds once promoted to cv."""
@@ -460,8 +476,10 @@ class Plan(_Strict):
         m = self.member(member) if isinstance(member, str) else member
         return [SMOKE_FOLD] if m.stage == "smoke" else list(self.fold_keys)
 
-    def budget_for_fold(self, fold: int | str) -> Budget:
-        return self.training.smoke if str(fold) == SMOKE_FOLD else self.training.cv
+    def budget_for_fold(self, fold: int | str, member: Member | str | None = None) -> Budget:
+        """The smoke or cv budget of a fold partition; a member's own when its overrides set one."""
+        config = self.training if member is None else self.training_config(member)
+        return config.smoke if str(fold) == SMOKE_FOLD else config.cv
 
     def image_size(self, member: Member | str) -> int:
         """The square input size a member trains and predicts at."""
@@ -484,7 +502,12 @@ class Plan(_Strict):
 
     def training_config(self, member: Member | str) -> TrainingConfig:
         m = self.member(member) if isinstance(member, str) else member
-        return TrainingConfig.model_validate({**self.training.model_dump(), **m.overrides})
+        if not m.overrides:
+            return self.training
+        # A budget override (smoke/cv) may give only some fields: the rest come from the plan's budget.
+        update = {k: ({**getattr(self.training, k).model_dump(), **v} if k in ("smoke", "cv") and isinstance(v, dict) else v)
+                  for k, v in m.overrides.items()}  # fmt: skip
+        return TrainingConfig.model_validate({**self.training.model_dump(), **update})
 
     def member_spec(self, member: Member | str) -> dict[str, Any]:
         """Everything that determines a member's checkpoints; hashed for skip-when-fresh.

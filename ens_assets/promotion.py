@@ -89,3 +89,18 @@ def cv_gate_problem(plan, member_key: str, fold: str) -> str | None:
     if not verdict.passed:
         return f"{member_key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
     return None
+
+
+def gate_summary(plan, member_key: str) -> str:
+    """Which gate a member has passed, in one line (for the UI and reports)."""
+    from ens_assets.plan import SMOKE_FOLD
+
+    member = plan.member(member_key)
+    verdict = read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD))
+    if verdict is None:
+        return "no smoke run yet"
+    if not verdict.passed:
+        return "smoke gate failed: " + "; ".join(verdict.reasons)
+    if member.stage == "cv":
+        return "smoke gate passed; promoted to cv (k folds)"
+    return "smoke gate passed; not promoted yet (set stage: cv in params.yaml to train its k folds)"

@@ -3,8 +3,8 @@ EXIF (camera make/model, DateTimeOriginal in bursts of a few frames seconds apar
 class-specific colour and shape somewhere in each frame, and a MegaDetector 1.4 batch JSON boxing it.
 
 `write_images` makes the frames; the `write_*` layout functions describe the same frames the way each
-layout does (a zamba labels.csv with or without sites, class folders, COCO Camera Traps with seq_id, a
-Camtrap DP package), so one set of pixels serves every layout test.
+layout does (a zamba labels.csv with or without sites, class folders, COCO Camera Traps with seq_id), so
+one set of pixels serves every layout test (Camtrap DP packages: ens_assets_tests/data/camtrap_package.py).
 """
 
 from __future__ import annotations
@@ -122,56 +122,4 @@ def write_coco_json(root: Path, frames: list[Frame], name: str = "coco.json") ->
     path = root / name
     path.write_text(json.dumps({"info": {"version": "1.0"}, "images": images, "categories": categories,
                                 "annotations": annotations}))
-    return path
-
-
-def write_camtrap_dp(root: Path, frames: list[Frame]) -> Path:
-    """A Camtrap DP 1.0 package: one deployment per site, one media row per frame, one event-level
-    observation per burst (with the first frame's box as a media-level observation beside it)."""
-    sites = sorted({f.site for f in frames})
-    deployments = [{"deploymentID": f"dep-{s}", "locationID": f"loc-{s}", "locationName": s, "latitude": 50.0 + i * 0.01,
-                    "longitude": 5.0, "deploymentStart": "2026-04-30T00:00:00Z",
-                    "deploymentEnd": "2026-06-01T00:00:00Z"} for i, s in enumerate(sites)]
-    media, observations = [], []
-    events: dict[str, list[tuple[int, Frame]]] = {}
-    for i, f in enumerate(frames):
-        media.append({"mediaID": f"m{i:04d}", "deploymentID": f"dep-{f.site}", "captureMethod": "activityDetection",
-                      "timestamp": f.taken.strftime("%Y-%m-%dT%H:%M:%SZ"), "filePath": f.rel_path, "filePublic": "false",
-                      "fileName": Path(f.rel_path).name, "fileMediatype": "image/jpeg"})
-        events.setdefault(f.seq_id, []).append((i, f))
-    for n, (seq_id, members) in enumerate(events.items()):
-        first_i, first = members[0]
-        last = members[-1][1]
-        common = {"deploymentID": f"dep-{first.site}", "eventID": seq_id,
-                  "eventStart": first.taken.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "eventEnd": last.taken.strftime("%Y-%m-%dT%H:%M:%SZ"), "observationType": "animal",
-                  "scientificName": first.label.replace("_", " "), "count": 1}
-        observations.append({"observationID": f"obs-e{n:03d}", "mediaID": "", "observationLevel": "event", **common,
-                             "bboxX": "", "bboxY": "", "bboxWidth": "", "bboxHeight": ""})
-        x, y, w, h = first.box
-        observations.append({"observationID": f"obs-m{n:03d}", "mediaID": f"m{first_i:04d}", "observationLevel": "media",
-                             **common, "bboxX": round(x, 4), "bboxY": round(y, 4), "bboxWidth": round(w, 4),
-                             "bboxHeight": round(h, 4)})
-    for name, rows in (("deployments.csv", deployments), ("media.csv", media), ("observations.csv", observations)):
-        with open(root / name, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    package = {
-        "name": "own-camera-traps", "profile": "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json",
-        "created": "2026-06-02T00:00:00Z", "contributors": [{"title": "Test"}],
-        "project": {"title": "own", "samplingDesign": "opportunistic", "captureMethod": ["activityDetection"],
-                    "individualAnimals": False, "observationLevel": ["media", "event"]},
-        "spatial": {"type": "Point", "coordinates": [5.0, 50.0]},
-        "temporal": {"start": "2026-04-30", "end": "2026-06-01"},
-        "taxonomic": [{"scientificName": s.replace("_", " ")} for s in SPECIES],
-        "resources": [
-            {"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource", "format": "csv", "mediatype": "text/csv",
-             "encoding": "utf-8",
-             "schema": f"https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/{n}-table-schema.json"}
-            for n in ("deployments", "media", "observations")
-        ],
-    }
-    path = root / "datapackage.json"
-    path.write_text(json.dumps(package, indent=1))
     return path

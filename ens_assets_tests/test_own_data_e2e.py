@@ -41,10 +41,16 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def tiny_default_params(folder: Path, data: dict, **extra) -> Path:
-    """params.yaml in `folder`: the repository's default plan with `data` replaced and the tiny override."""
+    """params.yaml in `folder`: the repository's default plan with `data` replaced and the tiny override.
+
+    Without data.detections there is no threshold lever: the default members lose their thresholds.
+    """
     default = yaml.safe_load((REPO / "params.yaml").read_text())
     params = _merge(default, TINY_OVERRIDE)
     params["data"] = data
+    if not data.get("detections"):
+        params["crops"].pop("thresholds", None)
+        params["members"] = [{k: v for k, v in m.items() if k != "threshold"} for m in params["members"]]
     params["workdir"] = "work"
     params = _merge(params, extra)
     path = folder / "params.yaml"
@@ -98,3 +104,72 @@ def test_zamba_with_sites_and_no_test_split(cli_env, capsys):
     assert "no test split" in out
     metrics = json.loads((work / "ensemble" / "metrics.json").read_text())
     assert metrics["test_split"]["images"] == 0
+
+
+def _assert_test_scores_for_every_member_and_combiner(params: Path) -> None:
+    work = params.parent / "work"
+    scores = pl.read_parquet(work / "ensemble" / "scores.parquet")
+    assert scores["test_log_loss"].null_count() == 0 and scores["test_accuracy"].null_count() == 0, scores
+    metrics = json.loads((work / "ensemble" / "metrics.json").read_text())
+    assert set(metrics["test"]) == set(scores["name"].to_list())
+    members = scores.filter(pl.col("kind") == "member")["name"].to_list()
+    ensembles = scores.filter(pl.col("kind") == "ensemble")["name"].to_list()
+    assert len(members) >= 2 and len(ensembles) >= 2
+    assert metrics["test_split"]["labelled"] == metrics["test_split"]["images"] > 0
+
+
+def test_zamba_without_a_site_column_and_without_a_detections_file(cli_env, capsys):
+    """The first labelled set most people have: filepath,label only, no MegaDetector run. Folds group
+    EXIF bursts; crops are whole frames (one partition 'full')."""
+    project = cli_env / "zamba_plain"
+    images = project / "images"
+    frames = own_data.write_images(images, sites=4)
+    own_data.write_zamba_csv(images, frames, with_site=False)
+    params = tiny_default_params(project, {"layout": "zamba", "root": "images"})
+    code, out = _run_all(params, capsys)
+    _assert_ensemble(params, code, out)
+    folds = pl.read_parquet(params.parent / "work" / "folds.parquet")
+    assert folds.group_by("group").agg(pl.col("fold").n_unique())["fold"].max() == 1, "a burst spans folds"
+    assert (params.parent / "work" / "crops" / "full").is_dir()
+
+
+def test_imagefolder_without_sites(cli_env, capsys):
+    project = cli_env / "imagefolder"
+    images = project / "images"
+    frames = own_data.write_images(images, sites=4, folder_of=lambda label, site: label)
+    own_data.write_megadetector_json(project / "md.json", frames)
+    params = tiny_default_params(project, {"layout": "imagefolder", "root": "images", "detections": "md.json"})
+    code, out = _run_all(params, capsys)
+    _assert_ensemble(params, code, out)
+
+
+def test_coco_camera_traps_with_seq_id_and_held_out_sites(cli_env, capsys):
+    """COCO CT with location and seq_id; test_site_fraction 0.25 holds one of four sites out with its labels:
+    the ensemble table and metrics.json carry test scores for every member and combiner."""
+    project = cli_env / "coco"
+    images = project / "images"
+    frames = own_data.write_images(images, sites=4, bursts_per_class_and_site=1)
+    own_data.write_coco_json(images, frames)
+    own_data.write_megadetector_json(images / "md.json", frames)
+    params = tiny_default_params(project, {"layout": "coco", "root": "images", "labels_file": "coco.json",
+                                           "detections": "images/md.json", "test_site_fraction": 0.25})
+    code, out = _run_all(params, capsys)
+    spec = _assert_ensemble(params, code, out)
+    assert spec["test_images"] == 9 and spec["test_labelled_images"] == 9
+    _assert_test_scores_for_every_member_and_combiner(params)
+    assert "site shift" in (params.parent / "work" / "diagnostics" / "roadmap.md").read_text()
+
+
+def test_camtrap_dp_package_with_its_observation_boxes(cli_env, capsys):
+    """A Camtrap DP 1.0 package (deployments, media, observations; a video, a remote URL and an unclassified
+    media among them): no MegaDetector file, so the observation boxes are the detections."""
+    from ens_assets_tests.data.camtrap_package import write_camtrap_package
+
+    project = cli_env / "camtrap"
+    truth = write_camtrap_package(project / "package")
+    params = tiny_default_params(project, {"layout": "camtrap-dp", "root": "package"})
+    code, out = _run_all(params, capsys)
+    _assert_ensemble(params, code, out)
+    folds = pl.read_parquet(params.parent / "work" / "folds.parquet")
+    assert folds.height == len(truth["labels"])
+    assert folds.group_by("group").agg(pl.col("fold").n_unique())["fold"].max() == 1, "an event spans folds"

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ens_assets.cli import STAGES, StageRunner
 from ens_assets.defs.partitions import checkpoint_key
@@ -208,3 +209,73 @@ def test_morning_schedule_refreshes_members_with_complete_checkpoints(materializ
     with _schedule_context(runner.defs, runner.instance) as ctx:
         result = morning.evaluate_tick(ctx)
     assert sorted(r.partition_key for r in result.run_requests) == sorted([GOOD_A, GOOD_B])
+    # The UI's tick preview lists each request by its own tags: the partition is among them, and in the run key.
+    for request in result.run_requests:
+        assert request.tags["dagster/partition"] == request.partition_key
+        assert request.run_key == f"{TICK.date().isoformat()}:{request.partition_key}"
+
+
+def _latest_metadata(instance, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("checkpoints"), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, partition
+    return records[0].asset_materialization.metadata
+
+
+def test_failed_smoke_gate_is_a_verdict_on_its_partition(materialized):
+    runner, lines, _ = materialized
+    instance = runner.instance
+    smoke = str(checkpoint_key(DIVERGES, "smoke"))
+    # The run of the smoke partition succeeded: an expected verdict is no step failure (no stack trace).
+    (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": smoke}), limit=1)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert not any(DIVERGES in line and "FAILED" in line for line in lines)
+    failures = [r for r in instance.all_logs(run.run_id) if r.dagster_event and r.dagster_event.is_step_failure]
+    assert not failures
+
+    metadata = _latest_metadata(instance, smoke)
+    assert metadata["smoke_gate"].text.startswith("FAILED: ")
+    reason = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]["reasons"][0]
+    assert reason in metadata["smoke_gate"].text
+
+    # The check failed on that partition, and is evaluated on smoke partitions only.
+    check_key = dg.AssetCheckKey(dg.AssetKey("checkpoints"), "smoke_gate")
+    records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=100)
+    evaluated = {r.partition: r for r in records if r.status != AssetCheckExecutionRecordStatus.PLANNED}
+    assert evaluated and all(p.split("|")[0] == "smoke" for p in evaluated), sorted(evaluated)
+    assert evaluated[smoke].status == AssetCheckExecutionRecordStatus.FAILED
+    assert evaluated[str(checkpoint_key(GOOD_A, "smoke"))].status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    assert reason in evaluated[smoke].event.dagster_event.event_specific_data.description
+
+
+def test_fold_partitions_say_whether_they_were_earned(materialized):
+    runner, _, _ = materialized
+    observations = runner.instance.fetch_observations(dg.AssetKey("checkpoints"), limit=100).records
+    said = {o.partition_key: o.asset_observation.metadata["k_fold_run"].text for o in observations}
+    for fold in runner.plan.fold_keys:
+        assert said[str(checkpoint_key(DIVERGES, fold))].startswith("not earned: smoke gate failed (")
+        assert said[str(checkpoint_key(GOOD_A, fold))] == "earned: smoke gate passed"
+    assert str(checkpoint_key(DIVERGES, "0")) not in runner.instance.get_materialized_partitions(dg.AssetKey("checkpoints"))
+
+
+def test_checkpoint_metadata_leads_with_headline_numbers_and_an_http_mlflow_link(materialized):
+    runner, _, _ = materialized
+    metadata = _latest_metadata(runner.instance, str(checkpoint_key(GOOD_A, "1")))
+    assert list(metadata)[:8] == ["member", "fold", "val_log_loss", "val_accuracy", "best_epoch", "stop_reason",
+                                  "minutes", "peak_memory_mb"]  # fmt: skip
+    assert isinstance(metadata["val_log_loss"].value, float) and metadata["stop_reason"].text
+    assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert "| class | precision | recall | f1 |" in metadata["per_class"].md_str
+    assert "data:image/png;base64," in metadata["confusion_matrix"].md_str
+    assert len(metadata) <= 20 and not any(k.startswith(("recall_", "precision_", "f1_")) for k in metadata)
+
+
+def test_ensemble_says_per_member_which_gate_passed(materialized):
+    runner, _, _ = materialized
+    event = runner.instance.get_latest_materialization_event(dg.AssetKey("ensemble"))
+    metadata = event.asset_materialization.metadata
+    table = metadata["members"].md_str
+    assert f"| {GOOD_A} | cv | passed |" in table and f"| {DIVERGES} | cv | FAILED |  | [1] |" in table
+    assert "\n1. smoke gate failed: " in table  # the long reason is a numbered note under the table
+    assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")

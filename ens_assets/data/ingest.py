@@ -1,7 +1,7 @@
 """Ingest a dataset in one of four layouts into one manifest table.
 
 Manifest columns (in this order): image_id, path (absolute), rel_path (posix, relative to the data
-root; what MegaDetector's JSON "file" matches), label (null for test rows), site, split ("train" |
+root; what MegaDetector's JSON "file" matches), label (null for a layout's own unlabelled test rows), site, split ("train" |
 "test"), sequence (the layout's sequence/event id, null when it has none; folds may group by it).
 
 Layouts:
@@ -13,7 +13,8 @@ Layouts:
   time with a reason rather than dropped silently).
 - coco: COCO Camera Traps JSON; location -> site, seq_id -> sequence, category 0 or "empty" -> label "blank".
 - camtrap-dp: a Camtrap DP 1.x package (see camtrap_dp.py); image_id = mediaID.
-Layouts without a test split send whole sites to "test" by data.test_site_fraction.
+Layouts without a test split send whole sites to "test" by data.test_site_fraction or data.test_sites,
+keeping their labels (only a layout's own test file is unlabelled).
 
 Missing image files are not manifest errors: they are quarantined at crop time, so every image stays
 accounted for.
@@ -379,26 +380,36 @@ def ingest_coco(root: Path, json_file: str, rows_out: RowQuarantine | None = Non
 # --- splits and the plan entry point ---------------------------------------------------------------
 
 
-def hold_out_test_sites(manifest: pl.DataFrame, fraction: float) -> pl.DataFrame:
-    """Move whole sites to split "test" (labels nulled, as for a real test split); 0 keeps all train.
+def hold_out_test_sites(manifest: pl.DataFrame, fraction: float, sites: tuple[str, ...] | list[str] = ()) -> pl.DataFrame:
+    """Move whole sites to split "test", keeping their labels (a held-out score on sites never trained on).
 
-    Sites are ordered by a hash of their name, so the choice is stable and independent of row order.
+    `sites` names them (data.test_sites); else `fraction` of the sites, ordered by a hash of their name so
+    the choice is stable and independent of row order. Neither keeps every site in train.
     """
-    if fraction <= 0:
+    known = sorted(manifest.filter(pl.col("split") == "train")["site"].unique().to_list())
+    if sites:
+        unknown = sorted(set(sites) - set(known))
+        if unknown:
+            raise ManifestError(
+                f"data.test_sites names {unknown}, which no training image has; the sites are {known[:20]}"
+                f"{' ...' if len(known) > 20 else ''}. Fix the names or remove them"
+            )
+        test_sites = set(sites)
+        if test_sites >= set(known):
+            raise ManifestError(f"data.test_sites {sorted(test_sites)} would leave no training site; keep at least one out of it")
+    elif fraction > 0:
+        ordered = sorted(known, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+        n_test = math.ceil(fraction * len(ordered))
+        if n_test >= len(ordered):
+            raise ManifestError(
+                f"data.test_site_fraction = {fraction} would leave no training site ({len(ordered)} site(s): {ordered[:5]}); "
+                "lower the fraction or add site information (zamba: a 'site' column; imagefolder: root/<class>/<site>/)"
+            )
+        test_sites = set(ordered[:n_test])
+    else:
         return manifest
-    sites = sorted(manifest["site"].unique().to_list(), key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-    n_test = math.ceil(fraction * len(sites))
-    if n_test >= len(sites):
-        raise ManifestError(
-            f"data.test_site_fraction = {fraction} would leave no training site ({len(sites)} site(s): {sites[:5]}); "
-            "lower the fraction or add site information (zamba: a 'site' column; imagefolder: root/<class>/<site>/)"
-        )
-    test_sites = set(sites[:n_test])
-    is_test = pl.col("site").is_in(list(test_sites))
-    return manifest.with_columns(
-        pl.when(is_test).then(pl.lit(None, dtype=pl.String)).otherwise(pl.col("label")).alias("label"),
-        pl.when(is_test).then(pl.lit("test")).otherwise(pl.col("split")).alias("split"),
-    )
+    is_test = (pl.col("split") == "train") & pl.col("site").is_in(sorted(test_sites))
+    return manifest.with_columns(pl.when(is_test).then(pl.lit("test")).otherwise(pl.col("split")).alias("split"))
 
 
 @dataclass
@@ -434,7 +445,7 @@ def ingest(plan: Plan) -> Ingested:
     else:  # pragma: no cover - the plan's Literal type rejects other layouts
         raise ManifestError(f"data.layout: unknown layout {layout!r}")
     if layout not in ("demo", "conservision"):
-        manifest = hold_out_test_sites(manifest, plan.data.test_site_fraction)
+        manifest = hold_out_test_sites(manifest, plan.data.test_site_fraction, plan.data.test_sites)
     manifest = _apply_min_class_images(manifest, plan, rows)
     return Ingested(manifest, rows.frame(), rows.notes, classes_below(manifest, plan.folds.k))
 

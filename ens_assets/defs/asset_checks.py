@@ -1,4 +1,5 @@
-"""Asset checks: folds keep each group (site/sequence/burst) in one fold, every image is accounted for, smoke gates the k-fold runs, OOF coverage."""
+"""Asset checks: folds keep each group (site/sequence/burst) in one fold, every image is accounted for, OOF
+coverage; and the smoke gate's spec and result, which the checkpoints asset evaluates on smoke partitions."""
 
 
 import json
@@ -9,7 +10,43 @@ import dagster as dg
 
 from ens_assets.defs.partitions import checkpoint_partitions, member_partitions, threshold_partitions
 from ens_assets.defs.resources import PlanResource
-from ens_assets.plan import SMOKE_FOLD, Plan
+from ens_assets.plan import Plan
+
+
+SMOKE_GATE = "smoke_gate"
+SMOKE_ONLY_OOF = "smoke only: fold 0's validation images, from the short smoke run (not an ensemble input)"
+
+
+def smoke_gate_spec(plan: Plan) -> dg.AssetCheckSpec:
+    """The smoke gate, evaluated by the checkpoints asset itself on each member's smoke partition only
+    (a k-fold partition has nothing to gate). Not blocking: a failed gate is a verdict about a member, so its
+    run succeeds and the check reads as failed on that partition; k-fold runs are refused by the gate itself
+    (promotion.cv_gate_problem), which the nightly schedule and the checkpoints asset both ask."""
+    return dg.AssetCheckSpec(
+        SMOKE_GATE,
+        asset="checkpoints",
+        partitions_def=checkpoint_partitions(plan),
+        description="Smoke partitions only: loss went down, accuracy clearly above chance, no NaN, every class "
+        "predicted; a member that fails never runs on k folds.",
+    )
+
+
+def smoke_gate_result(verdict) -> dg.AssetCheckResult:
+    """The check result of a smoke checkpoint's stored verdict (promotion.SmokeVerdict, None: no verdict)."""
+    if verdict is None:
+        return dg.AssetCheckResult(check_name=SMOKE_GATE, passed=False, description="checkpoint has no verdict: retrain it")
+    return dg.AssetCheckResult(
+        check_name=SMOKE_GATE,
+        passed=verdict.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(verdict.reasons) or "passed: " + ", ".join(verdict.checks),
+        metadata={
+            "verdict": "passed" if verdict.passed else "failed",
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in verdict.reasons) or "none"),
+            **{k: dg.MetadataValue.bool(v) for k, v in verdict.checks.items()},
+            **verdict.metrics,
+        },
+    )
 
 
 def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
@@ -47,25 +84,6 @@ def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> li
             metadata={k: summary[k] for k in ("n_images", "n_used", "n_fallback_only", "n_quarantined")},
         )
 
-    @dg.asset_check(asset=assets["checkpoints"], partitions_def=checkpoint_partitions(plan), blocking=True)
-    def smoke_gate(context: dg.AssetCheckExecutionContext, plan_resource: PlanResource) -> dg.AssetCheckResult:
-        """Loss went down, accuracy clearly above chance, no NaN, every class predicted: else no k-fold runs."""
-        from ens_assets.promotion import read_verdict
-
-        plan = plan_resource.load()
-        keys = context.partition_key.keys_by_dimension
-        verdict = read_verdict(plan.checkpoint_dir(keys["member"], keys["fold"]))
-        if verdict is None:
-            return dg.AssetCheckResult(passed=False, description="checkpoint has no verdict: retrain it")
-        is_smoke = keys["fold"] == SMOKE_FOLD
-        return dg.AssetCheckResult(
-            passed=verdict.passed,
-            # A failing smoke run blocks its member's cv runs; a weak cv fold is reported, not blocked.
-            severity=dg.AssetCheckSeverity.ERROR if is_smoke else dg.AssetCheckSeverity.WARN,
-            description="; ".join(verdict.reasons) or "passed",
-            metadata={**{k: dg.MetadataValue.bool(v) for k, v in verdict.checks.items()}, **verdict.metrics},
-        )
-
     @dg.asset_check(asset=assets["oof_predictions"], partitions_def=member_partitions(plan))
     def oof_covers_each_training_image_once(
         context: dg.AssetCheckExecutionContext, plan_resource: PlanResource
@@ -80,9 +98,12 @@ def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> li
         duplicated = oof.height - oof["image_id"].n_unique()
         missing = expected.join(oof, on="image_id", how="anti").height
         extra = oof.join(expected, on="image_id", how="anti").height
+        coverage = "every training image once (k folds)" if member.stage == "cv" else SMOKE_ONLY_OOF
         return dg.AssetCheckResult(
             passed=duplicated == 0 and missing == 0 and extra == 0,
-            metadata={"duplicated": duplicated, "missing": missing, "extra": extra, "expected": expected.height},
+            description=f"covers {coverage}",
+            metadata={"coverage": coverage, "duplicated": duplicated, "missing": missing, "extra": extra,
+                      "expected": expected.height},
         )
 
-    return [folds_keep_groups_together, every_image_accounted_for, smoke_gate, oof_covers_each_training_image_once]
+    return [folds_keep_groups_together, every_image_accounted_for, oof_covers_each_training_image_once]

@@ -19,6 +19,8 @@ def build_ensemble_assets(
     ) -> dg.MaterializeResult:
         """The configured combiner fit on all members' OOF; honest nested scores; the test submission."""
         refuse_failed_inputs(context)
+        import polars as pl
+
         from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
@@ -35,7 +37,7 @@ def build_ensemble_assets(
             )
         result = build_ensemble(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
-            submission_format="conservision", groups=image_sites(plan),
+            submission_format="conservision", groups=image_sites(plan), test_labels=outputs.test_labels,
         )
         tracking_uri = mlflow_tracking.activate(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
@@ -46,19 +48,23 @@ def build_ensemble_assets(
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
+                **table_metadata(_headline(result.scores)),
                 "method": plan.ensemble.method,
                 "fitted_method": result.spec["method"],
                 "temperature": result.spec["temperature"],
-                "members": dg.MetadataValue.json(result.spec),
-                "excluded_members": dg.MetadataValue.json(outputs.excluded),
-                "honest_scores": dg.MetadataValue.md(frame_markdown(result.scores)),
-                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(result.compute)),
+                "mlflow_run": dg.MetadataValue.url(run_page),
+                "members": dg.MetadataValue.md(frame_markdown(member_table(plan, result.spec, outputs.excluded))),
+                "honest_scores": dg.MetadataValue.md(frame_markdown(scores_for_people(result.scores), max_columns=7)),
+                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(_for_people(result.compute))),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
+                "excluded_members": dg.MetadataValue.json(outputs.excluded),
+                "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
+                **({"test_recall": dg.MetadataValue.md(frame_markdown(pl.read_csv(result.paths["test_recall"])))}
+                   if "test_recall" in result.paths else {}),
+                "site_shift": dg.MetadataValue.json(result.metrics["test_split"].get("site_shift", [])),
                 "mlflow_run_id": run_id,
-                "mlflow_run": dg.MetadataValue.url(run_page),
-                **table_metadata(_headline(result.scores)),
             }
         )
 
@@ -81,7 +87,7 @@ def build_ensemble_assets(
         spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
         nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
         diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
-                                        nested_oof=nested_oof)
+                                        nested_oof=nested_oof, scores=pl.read_parquet(plan.ensemble_dir / "scores.parquet"))
         run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
         mlflow_tracking.activate(plan)
         from mlflow import MlflowClient
@@ -95,14 +101,70 @@ def build_ensemble_assets(
                 "per_class_recall": dg.MetadataValue.md(frame_markdown(diagnostics.recall)),
                 "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.pngs["recall_matrix"], "per-class recall")),
                 "confusions": dg.MetadataValue.md(png_markdown(diagnostics.pngs["confusion_grid"], "confusion matrices")),
+                **({"reliability": dg.MetadataValue.md(png_markdown(diagnostics.pngs["reliability"], "reliability diagram"))}
+                   if "reliability" in diagnostics.pngs else {}),  # fmt: skip
                 "all_fail_classes": dg.MetadataValue.json(diagnostics.all_fail),
                 "single_win_classes": dg.MetadataValue.json(diagnostics.single_win),
                 "drop_candidates": dg.MetadataValue.json(diagnostics.never_selected),
+                "site_shift": dg.MetadataValue.json([m for m, _, _ in diagnostics.site_shift]),
                 "mlflow_run_id": run["run_id"],
             }
         )
 
     return [ensemble, ensemble_diagnostics]
+
+
+def member_table(plan: Plan, spec: dict, excluded: dict[str, str]):
+    """Every member of the plan: which gate it passed, its weight, or why it is not in the ensemble."""
+    import polars as pl
+
+    from ens_assets.plan import SMOKE_FOLD
+    from ens_assets.promotion import read_verdict
+
+    weights = spec.get("weights", {})
+    rows = []
+    for m in plan.members:
+        verdict = read_verdict(plan.checkpoint_dir(m.key, SMOKE_FOLD))
+        gate = "not run" if verdict is None else ("passed" if verdict.passed else "FAILED")
+        if m.key in weights:
+            why = ""
+        elif verdict is not None and not verdict.passed:
+            why = "smoke gate failed: " + "; ".join(verdict.reasons)
+        else:
+            why = excluded.get(m.key, "")
+        rows.append({"member": m.key, "stage": m.stage, "smoke gate": gate,
+                     "weight": float(weights[m.key]) if m.key in weights else None, "why not in": why})  # fmt: skip
+    return pl.DataFrame(rows, schema={"member": pl.String, "stage": pl.String, "smoke gate": pl.String,
+                                      "weight": pl.Float64, "why not in": pl.String})  # fmt: skip
+
+
+def scores_for_people(scores):
+    """The honest-scores table narrow enough to read in the UI: each score with its interval in one cell."""
+    import polars as pl
+
+    def with_interval(value, lo, hi) -> str | None:
+        if value is None:
+            return None
+        return f"{value:.3f}" if lo is None or hi is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    columns = set(scores.columns)
+    rows = []
+    for r in scores.iter_rows(named=True):
+        row = {"name": r["name"], "log loss [95%]": with_interval(r["log_loss"], r.get("log_loss_lo"), r.get("log_loss_hi")),
+               "acc [95%]": with_interval(r["accuracy"], r.get("accuracy_lo"), r.get("accuracy_hi"))}  # fmt: skip
+        if "calibrated_log_loss" in columns:
+            row["calibrated"] = with_interval(r["calibrated_log_loss"], None, None)
+        if "delta_vs_best" in columns:
+            row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
+        row["members"] = r.get("members_used")
+        row["note"] = r.get("note")
+        rows.append(row)
+    return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]}) if rows else scores
+
+
+def _for_people(frame):
+    """The columns a reader compares; flags the other columns already say (kind, nested) are dropped."""
+    return frame.drop([c for c in ("kind", "nested", "in_sample_accuracy") if c in frame.columns])
 
 
 def image_sites(plan: Plan) -> dict[str, str] | None:
@@ -124,6 +186,9 @@ def _headline(scores) -> dict[str, float]:
         if row["name"] in ("best_single_member",) or row["kind"] == "ensemble":
             out[f"{row['name']}/log_loss"] = float(row["log_loss"])
             out[f"{row['name']}/accuracy"] = float(row["accuracy"])
+            for column in ("test_log_loss", "test_accuracy"):
+                if row.get(column) is not None:
+                    out[f"{row['name']}/{column}"] = float(row[column])
     return out
 
 

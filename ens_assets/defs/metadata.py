@@ -8,18 +8,61 @@ import polars as pl
 import dagster as dg
 
 
-def frame_markdown(frame: pl.DataFrame, float_digits: int = 4, max_rows: int = 60) -> str:
-    """A polars table as a markdown table (the UI renders it; no pandas round-trip needed)."""
+# Short headers keep tables inside the UI's metadata column (it cuts wide tables off on the right).
+SHORT_NAMES = {
+    "log_loss": "log loss",
+    "accuracy": "acc",
+    "in_sample_log_loss": "in-sample LL",
+    "in_sample_accuracy": "in-sample acc",
+    "flops_per_image": "FLOPs/img",
+    "n_members": "n",
+    "members_used": "members",
+    "param_count": "params",
+}
+LONG_CELL = 36  # longer text goes to a numbered note under the table
+
+
+def frame_markdown(frame: pl.DataFrame, float_digits: int = 4, max_rows: int = 60, max_columns: int = 6) -> str:
+    """A polars table as Markdown tables the UI shows whole: short headers, long text as numbered notes
+    below, big integers in k/M/G, and more than max_columns columns split into several tables that each
+    repeat the first column."""
+    notes: list[str] = []
+
     def cell(v: Any) -> str:
+        if isinstance(v, bool) or v is None:
+            return "" if v is None else ("yes" if v else "no")
         if isinstance(v, float):
             return f"{v:.{float_digits}f}"
-        return "" if v is None else str(v)
+        if isinstance(v, int):
+            return _si(v)
+        text = str(v).replace("|", "\\|").replace("\n", " ")
+        if len(text) > LONG_CELL:
+            notes.append(text)
+            return f"[{len(notes)}]"
+        return text
 
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.head(max_rows).iter_rows()]
-    more = [f"\n_{frame.height - max_rows} more rows_"] if frame.height > max_rows else []
-    return "\n".join([head, rule, *rows, *more])
+    rows = [[cell(v) for v in row] for row in frame.head(max_rows).iter_rows()]
+    headers = [SHORT_NAMES.get(c, c) for c in frame.columns]
+    groups = [list(range(len(headers)))]
+    if len(headers) > max_columns:
+        rest = list(range(1, len(headers)))
+        step = max_columns - 1
+        groups = [[0, *rest[i : i + step]] for i in range(0, len(rest), step)]
+    tables = []
+    for group in groups:
+        head = "| " + " | ".join(headers[i] for i in group) + " |"
+        rule = "| " + " | ".join("---" for _ in group) + " |"
+        tables.append("\n".join([head, rule, *("| " + " | ".join(r[i] for i in group) + " |" for r in rows)]))
+    more = [f"_{frame.height - max_rows} more rows_"] if frame.height > max_rows else []
+    listed = ["\n".join(f"{n}. {text}" for n, text in enumerate(notes, 1))] if notes else []
+    return "\n\n".join([*tables, *more, *listed])
+
+
+def _si(value: int) -> str:
+    for size, suffix in ((10**9, "G"), (10**6, "M"), (10**4, "k")):
+        if abs(value) >= size:
+            return f"{value / (size if suffix != 'k' else 1000):.3g}{suffix}"
+    return str(value)
 
 
 def table_metadata(summary: Mapping[str, Any]) -> dict[str, dg.MetadataValue | int | float | str]:
@@ -38,3 +81,55 @@ def table_metadata(summary: Mapping[str, Any]) -> dict[str, dg.MetadataValue | i
             out[key] = dg.MetadataValue.json(value)
     return out
 
+
+
+# --- checkpoints: a few headline numbers, the rest in tables ----------------------------------------
+PER_CLASS_PREFIXES = ("precision_", "recall_", "f1_")
+
+
+def checkpoint_metadata(metrics: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
+    """What a person reads first (log loss, accuracy, best epoch, stop reason, minutes, peak memory) as
+    first-class metadata, plotted across materializations; per-class scores and every other number as one
+    table each, instead of dozens of rows of raw floats."""
+    headline = {
+        "val_log_loss": metrics.get("val_loss"),
+        "val_accuracy": metrics.get("val_acc"),
+        "best_epoch": metrics.get("best_epoch"),
+        "stop_reason": metrics.get("stopped_reason"),
+        "minutes": round(float(metrics["wall_seconds"]) / 60, 2) if "wall_seconds" in metrics else None,
+        "peak_memory_mb": round(float(metrics["peak_memory_mb"]), 1) if "peak_memory_mb" in metrics else None,
+    }
+    out: dict[str, Any] = {k: (dg.MetadataValue.text(v) if isinstance(v, str) else v) for k, v in headline.items() if v is not None}
+    shown = {"val_loss", "val_acc", "best_epoch", "stopped_reason", "wall_seconds", "peak_memory_mb"}
+    per_class = [
+        {"class": c, **{p.rstrip("_"): metrics.get(f"{p}{c}") for p in PER_CLASS_PREFIXES}} for c in classes
+    ]
+    if per_class:
+        out["per_class"] = dg.MetadataValue.md(frame_markdown(pl.DataFrame(per_class), float_digits=3))
+    per_class_keys = {f"{p}{c}" for p in PER_CLASS_PREFIXES for c in classes}
+    rest = [
+        {"metric": k, "value": _number(v)}
+        for k, v in metrics.items()
+        if k not in shown and k not in per_class_keys and isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    ]
+    if rest:
+        out["details"] = dg.MetadataValue.md(frame_markdown(pl.DataFrame(rest, schema={"metric": pl.String, "value": pl.String})))
+    return out
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.3e}"
+    return str(value)
+
+
+def verdict_metadata(verdict) -> dict[str, Any]:
+    """The smoke verdict on its checkpoint partition: passed/failed and why (promotion.SmokeVerdict)."""
+    if verdict is None:
+        return {"smoke_gate": dg.MetadataValue.text("no verdict: retrain this checkpoint")}
+    text = "passed" if verdict.passed else "FAILED: " + "; ".join(verdict.reasons)
+    checks = "\n".join(f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in verdict.checks.items())
+    return {
+        "smoke_gate": dg.MetadataValue.text(text),
+        "smoke_checks": dg.MetadataValue.md("| check | result |\n| --- | --- |\n" + checks),
+    }

@@ -81,7 +81,7 @@ def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[d
                 run_key=f"{night}:{key}",
                 partition_key=key,
                 # Lower-cost work first when the queue drains (higher priority runs earlier).
-                tags={"dagster/priority": str(-rank), "ens_assets/member": member, "ens_assets/fold": fold},
+                tags={"dagster/priority": str(-rank), **_partition_tags(key), "ens_assets/member": member, "ens_assets/fold": fold},
             )
         )
     return requests
@@ -97,14 +97,23 @@ def _tick_date(context: dg.ScheduleEvaluationContext) -> str:
     return context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
 
 
+def _partition_tags(key) -> dict[str, str]:
+    """The partition as a tag from the start: the UI's tick preview shows a request's own tags, before
+    Dagster adds the partition's, so without it every request reads as the same bare job name."""
+    return {"dagster/partition": str(key)}
+
+
 def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefinition]:
     tz = plan.schedules.timezone
+    # schedules.enabled in params.yaml: whether they tick under `make ui` (dagster dev runs the daemon).
+    status = dg.DefaultScheduleStatus.RUNNING if plan.schedules.enabled else dg.DefaultScheduleStatus.STOPPED
 
     @dg.schedule(
         name="nightly_training",
         cron_schedule=plan.schedules.nightly_cron,
         execution_timezone=tz,
         job=jobs["checkpoints_job"],
+        default_status=status,
         description="Overnight: train missing or stale checkpoints of promoted members, cheapest first.",
     )
     def nightly_training(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
@@ -120,6 +129,7 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
         cron_schedule=plan.schedules.morning_cron,
         execution_timezone=tz,
         job=jobs["predictions_job"],
+        default_status=status,
         description="Morning: refresh OOF and test predictions of every member (the ensemble follows them).",
     )
     def morning_predictions(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
@@ -129,7 +139,7 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
         busy = in_flight_partitions(context.instance, "predictions_job")
         morning = _tick_date(context)
         requests = [
-            dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={"ens_assets/member": m})
+            dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(m), "ens_assets/member": m})
             for m in plan_now.member_keys
             if m not in busy and checkpoints_complete(plan_now, m)
         ]

@@ -1,13 +1,16 @@
 """Training stage: checkpoints per member x fold (gpu pool of one), then OOF and test predictions per member."""
 
 
+import polars as pl
+
 import dagster as dg
 
-from ens_assets.defs.metadata import table_metadata
-from ens_assets.defs.partitions import checkpoint_partitions, member_partitions
+from ens_assets.defs.asset_checks import SMOKE_ONLY_OOF, smoke_gate_result, smoke_gate_spec
+from ens_assets.defs.metadata import checkpoint_metadata, frame_markdown, table_metadata, verdict_metadata
+from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
-from ens_assets.plan import Plan
+from ens_assets.plan import SMOKE_FOLD, Plan
 
 GPU_POOL = "gpu"
 GPU_STEP_OP_TAGS = {
@@ -20,23 +23,37 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     members = member_partitions(plan)
     collapse_folds = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="member")
 
-    @dg.asset(
-        group_name="training",
+    @dg.multi_asset(
+        name="checkpoints",
+        specs=[
+            dg.AssetSpec(
+                "checkpoints",
+                group_name="training",
+                # Crops map to checkpoints by the member's threshold, which Dagster cannot express per key;
+                # freshness per partition is decided by the content fingerprint recorded beside each checkpoint.
+                deps=[dg.AssetDep(crops, partition_mapping=dg.AllPartitionMapping()), folds],
+                kinds={"pytorch", "mlflow"},
+                description="One timm model trained on a fold's training part of its member's crops "
+                "(safetensors + sidecar); fold 'smoke' is the short run every member must pass first.",
+            )
+        ],
         partitions_def=checkpoint_partitions(plan),
+        # The smoke gate is evaluated here, on smoke partitions only: can_subset lets k-fold partitions
+        # leave it unevaluated instead of reporting a gate that means nothing there.
+        check_specs=[smoke_gate_spec(plan)],
+        can_subset=True,
         pool=GPU_POOL,
-        # Crops map to checkpoints by the member's threshold, which Dagster cannot express per key;
-        # freshness per partition is decided by the content fingerprint recorded beside each checkpoint.
-        deps=[dg.AssetDep(crops, partition_mapping=dg.AllPartitionMapping()), folds],
-        kinds={"pytorch", "mlflow"},
         # Ignored by the default executors; route the step to a GPU under celery / k8s (see deploy/).
         op_tags=GPU_STEP_OP_TAGS,
     )
     def checkpoints(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
-    ) -> dg.MaterializeResult:
-        """One timm model trained on a fold's training part of its member's crops (safetensors + sidecar)."""
+    ):
+        """Train (or skip when fresh) one member x fold checkpoint; on smoke partitions, judge the smoke gate."""
         refuse_failed_inputs(context)
-        from ens_assets.promotion import cv_gate_problem
+        from ens_assets.ensemble.plots import png_markdown
+        from ens_assets.promotion import cv_gate_problem, read_verdict
+        from ens_assets.training.checkpoint import read_sidecar
         from ens_assets.training.run import train_member_fold
 
         plan = plan_resource.load()
@@ -47,20 +64,37 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
             raise dg.Failure(description=problem, allow_retries=False)
         tracking_uri = mlflow_tracking.activate(plan)
         result = train_member_fold(plan, member, fold, log=context.log.info)
+        sidecar = read_sidecar(result.checkpoint_dir) or {}
         metadata = {
             "member": member,
             "fold": fold,
+            **checkpoint_metadata(result.metrics, sidecar.get("classes", [])),
             "skipped_fresh": dg.MetadataValue.bool(result.skipped),
             "fingerprint": result.fingerprint,
             "path": dg.MetadataValue.path(str(result.checkpoint_dir)),
-            **table_metadata({k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}),
         }
-        if result.mlflow_run_id:
-            metadata["mlflow_run_id"] = result.mlflow_run_id
         if result.mlflow_url:
             metadata["mlflow_run"] = dg.MetadataValue.url(result.mlflow_url)
+        if result.mlflow_run_id:
+            metadata["mlflow_run_id"] = result.mlflow_run_id
         metadata["mlflow_tracking_uri"] = tracking_uri
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.fingerprint))
+        confusion_png = result.checkpoint_dir / "confusion_matrix.png"
+        if confusion_png.is_file():
+            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png.read_bytes(), "confusion matrix"))
+        check_results = []
+        if fold == SMOKE_FOLD:
+            verdict = read_verdict(result.checkpoint_dir)
+            metadata.update(verdict_metadata(verdict))
+            check_results.append(smoke_gate_result(verdict))
+            for observation in fold_gate_observations(plan, member, verdict):
+                context.log_event(observation)
+            if verdict is not None and not verdict.passed:
+                context.log.warning(f"{member}: smoke gate failed, so it never runs on k folds: {'; '.join(verdict.reasons)}")
+        else:
+            context.log.info("smoke_gate is evaluated on smoke partitions only; this k-fold partition leaves it unevaluated")
+        yield dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(result.fingerprint), check_results=check_results
+        )
 
     @dg.asset(
         group_name="training",
@@ -71,16 +105,25 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     def oof_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Out-of-fold probabilities of one member: every training image once, from the fold that held it out."""
         refuse_failed_inputs(context)
+        from ens_assets.promotion import gate_summary
         from ens_assets.training.run import oof_summary, predict_member_oof
 
         plan = plan_resource.load()
-        frame = predict_member_oof(plan, context.partition_key)
+        member = plan.member(context.partition_key)
+        frame = predict_member_oof(plan, member.key)
         classes = [c for c in frame.columns if c not in ("image_id", "fold", "label")]
+        summary = oof_summary(frame, classes)
+        recall = pl.DataFrame([{"class": c, "recall": summary.pop(f"recall_{c}")} for c in classes])
+        # A smoke-stage member's OOF covers fold 0 only: say so where its row count is shown.
+        coverage = "every training image once (k folds)" if member.stage == "cv" else SMOKE_ONLY_OOF
         return dg.MaterializeResult(
             metadata={
+                "coverage": dg.MetadataValue.text(coverage),
+                "gate": dg.MetadataValue.text(gate_summary(plan, member.key)),
                 "dagster/row_count": frame.height,
-                "path": dg.MetadataValue.path(str(plan.oof_path(context.partition_key))),
-                **table_metadata(oof_summary(frame, classes)),
+                **table_metadata(summary),
+                "per_class_recall": dg.MetadataValue.md(frame_markdown(recall, float_digits=3)),
+                "path": dg.MetadataValue.path(str(plan.oof_path(member.key))),
             }
         )
 
@@ -105,3 +148,26 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         )
 
     return [checkpoints, oof_predictions, test_predictions]
+
+
+def fold_gate_observations(plan: Plan, member: str, verdict) -> list[dg.AssetObservation]:
+    """What each k-fold partition of a member says once its smoke gate is judged: earned or not, and why.
+
+    An unmaterialized partition would otherwise show "No metadata entries"; an observation (not a
+    materialization) keeps it missing while its page says why.
+    """
+    if verdict is None:
+        return []
+    if not verdict.passed:
+        text = "not earned: smoke gate failed (" + "; ".join(verdict.reasons) + ")"
+    elif plan.member(member).stage == "cv":
+        text = "earned: smoke gate passed"
+    else:
+        text = "earned: smoke gate passed; set stage: cv for this member in params.yaml to train this fold"
+    return [
+        dg.AssetObservation(
+            asset_key="checkpoints", partition=str(checkpoint_key(member, fold)), description=text,
+            metadata={"k_fold_run": dg.MetadataValue.text(text)},
+        )  # fmt: skip
+        for fold in plan.fold_keys
+    ]

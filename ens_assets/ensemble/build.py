@@ -20,6 +20,7 @@ from ens_assets.atomic import atomic_path, write_bytes, write_json, write_parque
 from ens_assets.ensemble.calibration import apply_temperature, reliability_bins
 from ens_assets.ensemble.combiners import METHODS, combiner_from_spec
 from ens_assets.ensemble.compute import accuracy_vs_compute
+from ens_assets.ensemble.held_out import held_out_scores, site_shift, site_shift_markdown, with_test_columns
 from ens_assets.ensemble.diagnostics import (
     all_fail_classes,
     never_selected,
@@ -54,8 +55,10 @@ class EnsembleResult:
     @property
     def test_split_note(self) -> str:
         """One line for summaries: how many test images the submission covers, or that there are none."""
-        n = self.spec.get("test_images", 0)
-        return f"test split: {n} images" if n else NO_TEST_SPLIT
+        n, labelled = self.spec.get("test_images", 0), self.spec.get("test_labelled_images", 0)
+        if not n:
+            return NO_TEST_SPLIT
+        return f"test split: {n} images" + (f", {labelled} labelled: test scores beside the OOF scores" if labelled else "")
 
 
 @dataclass
@@ -68,6 +71,7 @@ class DiagnosticsResult:
     roadmap: str  # markdown
     pngs: dict[str, bytes] = field(default_factory=dict)
     paths: dict[str, Path] = field(default_factory=dict)
+    site_shift: list[tuple[str, float, float]] = field(default_factory=list)  # (member, OOF, test log loss)
 
 
 def _member_flops(member_info: dict[str, dict], members: Sequence[str]) -> dict[str, int]:
@@ -77,7 +81,8 @@ def _member_flops(member_info: dict[str, dict], members: Sequence[str]) -> dict[
             f"member_info lacks flops_per_image for {missing}; the training stage records it per member "
             "(torch.utils.flop_counter) and the ensemble needs it for the accuracy-vs-compute table"
         )
-    return {m: int(member_info[m]["flops_per_image"]) for m in members}
+    # FLOPs-true: a member predicts with all its fold models, so its inference cost is per-model FLOPs x models.
+    return {m: int(member_info[m].get("inference_flops_per_image") or member_info[m]["flops_per_image"]) for m in members}
 
 
 def build_ensemble(
@@ -90,11 +95,13 @@ def build_ensemble(
     submission_format: str = "conservision",
     compare_methods: Sequence[str] | None = None,
     groups: dict[str, str] | None = None,
+    test_labels: dict[str, str] | None = None,
 ) -> EnsembleResult:
     """Fit `cfg.method` on all OOF rows, score every method honestly, write spec/scores/metrics/submission.
 
     `compare_methods` (default: all methods) are scored beside the configured one for the comparison table.
     `groups` maps image_id to its site: the bootstrap intervals resample sites (images when None).
+    `test_labels` (image_id -> label of held-out test images) adds test scores of every member and combiner.
     """
     if submission_format not in SUBMISSION_FORMATS:
         raise ValueError(f"submission_format '{submission_format}' is not supported; use one of {SUBMISSION_FORMATS}")
@@ -148,6 +155,10 @@ def build_ensemble(
     }
     ensemble_members = {m: c.spec()["weights"] for m, c in scored.fitted.items() if m in methods}
     compute = accuracy_vs_compute(scored.table, member_flops, ensemble_members)
+    # Combiners as fitted on all OOF rows, applied to the members' test predictions: test rows only.
+    held_out = held_out_scores(scored.table, scored.fitted, test_stack, test_labels or {})
+    table = with_test_columns(scored.table, held_out)
+    spec["test_labelled_images"] = held_out.n_labelled if held_out else 0
     rows = {r["name"]: r for r in scored.table.iter_rows(named=True)}
     chosen, best = rows[cfg.method], rows[BEST_SINGLE]
     interval_keys = ("log_loss", "log_loss_lo", "log_loss_hi", "accuracy", "accuracy_lo", "accuracy_hi",
@@ -161,8 +172,14 @@ def build_ensemble(
         "best_member": {k: best[k] for k in interval_keys} | {"name": best["members_used"],
                         "flops_per_image": member_flops[best["members_used"]]},
         "methods": {m: {"log_loss": rows[m]["log_loss"], "accuracy": rows[m]["accuracy"]} for m in methods},
-        "test_split": {"images": n_test},
+        "test_split": {"images": n_test, "labelled": held_out.n_labelled if held_out else 0,
+                       **({"unknown_class": held_out.unknown_class} if held_out and held_out.unknown_class else {})},
     }
+    if held_out is not None:
+        recall = {r.pop("name"): r for r in held_out.recall.to_dicts()}
+        metrics["test"] = {r["name"]: {"log_loss": r["test_log_loss"], "accuracy": r["test_accuracy"],
+                                       "recall": recall[r["name"]]} for r in held_out.scores.to_dicts()}
+        metrics["test_split"]["site_shift"] = [m for m, _, _ in site_shift(table, cfg.site_shift_ratio)]
 
     nested_oof = _nested_oof_table(stack, site_of, scored.nested_probs[cfg.method],
                                    scored.calibrated_probs[cfg.method], scored.nested_probs[BEST_SINGLE])
@@ -177,19 +194,23 @@ def build_ensemble(
     pareto = pareto_png(compute)
     paths = {
         "spec": write_json(out_dir / "spec.json", spec),
-        "scores": write_parquet(out_dir / "scores.parquet", scored.table),
+        "scores": write_parquet(out_dir / "scores.parquet", table),
         "metrics": write_json(out_dir / "metrics.json", metrics),
         "compute": write_parquet(out_dir / "compute.parquet", compute),
         "pareto": write_bytes(out_dir / "pareto.png", pareto),
         "nested_oof": write_parquet(out_dir / NESTED_OOF_FILE, nested_oof),
     }
     with atomic_path(out_dir / "scores.csv", suffix=".csv") as tmp:
-        scored.table.write_csv(tmp)
+        table.write_csv(tmp)
     paths["scores_csv"] = out_dir / "scores.csv"
+    if held_out is not None:
+        with atomic_path(out_dir / "test_recall.csv", suffix=".csv") as tmp:
+            held_out.recall.write_csv(tmp)
+        paths["test_recall"] = out_dir / "test_recall.csv"
     with atomic_path(out_dir / "submission.csv", suffix=".csv") as tmp:
         submission.write_csv(tmp)
     paths["submission"] = out_dir / "submission.csv"
-    return EnsembleResult(spec, scored.table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
+    return EnsembleResult(spec, table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
 
 
 def build_diagnostics(
@@ -199,12 +220,14 @@ def build_diagnostics(
     cfg: EnsembleConfig,
     out_dir: Path,
     nested_oof: pl.DataFrame | None = None,
+    scores: pl.DataFrame | None = None,
 ) -> DiagnosticsResult:
     """Recall matrix, all-fail and single-win classes, shared confusions and the roadmap, from OOF + spec.
 
     The `ensemble` row uses the spec's weights, fitted on all OOF rows (in-sample). `nested_oof` (the
     ensemble's nested_oof.parquet) adds the reliability diagram of best member and ensemble, before/after
-    temperature scaling.
+    temperature scaling. `scores` (the ensemble's scores.parquet) adds the site-shift section: members much
+    worse on the held-out test sites than on their OOF folds.
     """
     out_dir = Path(out_dir)
     stack = stack_members(oof, list(classes))
@@ -219,6 +242,10 @@ def build_diagnostics(
     unused = never_selected(spec, stack.members)
     roadmap = roadmap_markdown(recall, all_fail, single_win, confusions, unused,
                                fail_recall=cfg.fail_recall, win_margin=cfg.win_margin)
+    shifted: list[tuple[str, float, float]] = []
+    if scores is not None:
+        shifted = site_shift(scores, cfg.site_shift_ratio)
+        roadmap = roadmap.rstrip("\n") + "\n\n" + site_shift_markdown(scores, cfg.site_shift_ratio)
     pngs = {
         "recall_matrix": recall_matrix_png(recall),
         "confusion_grid": confusion_grid_png(stack, ensemble_probs, ensemble_name=f"ensemble ({spec['method']})"),
@@ -233,7 +260,7 @@ def build_diagnostics(
     with atomic_path(out_dir / "per_class_recall.csv", suffix=".csv") as tmp:
         recall.write_csv(tmp)
     paths["per_class_recall"] = out_dir / "per_class_recall.csv"
-    return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths)
+    return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths, shifted)
 
 
 def _metric_key(text: str) -> str:
@@ -277,8 +304,11 @@ def log_ensemble_to_mlflow(
         params.update({f"member_run.{_metric_key(m)}": member_run_ids.get(m) or "none" for m in members})
         metrics = []
         for row in result.scores.iter_rows(named=True):
-            for column in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy"):
-                metrics.append((f"{column}/{_metric_key(row['name'])}", row[column]))
+            for column in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy", "test_log_loss",
+                           "test_accuracy"):
+                metrics.append((f"{column}/{_metric_key(row['name'])}", row.get(column)))
+        for name, test in result.metrics.get("test", {}).items():
+            metrics += [(f"test_recall/{_metric_key(name)}/{_metric_key(c)}", r) for c, r in test["recall"].items()]
         chosen = result.metrics["ensemble"]
         metrics += [("log_loss", chosen["log_loss"]), ("accuracy", chosen["accuracy"]),
                     ("flops_per_image", chosen["flops_per_image"])]

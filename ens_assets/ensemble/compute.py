@@ -19,9 +19,11 @@ def accuracy_vs_compute(
     member_flops: dict[str, int],
     ensemble_members: dict[str, dict[str, float]],
 ) -> pl.DataFrame:
-    """Members at their own FLOPs/image and ensembles at the summed FLOPs of their nonzero-weight members.
+    """Members at their own inference FLOPs/image and ensembles at the summed FLOPs of their nonzero-weight members.
 
-    `scores_df` is `honest_scores` output; `ensemble_members` maps ensemble name -> {member: weight}.
+    `scores_df` is `honest_scores` output; `member_flops` the FLOPs one image costs a member at inference (per
+    model at its input size x the fold models it averages); `ensemble_members` maps ensemble -> {member: weight}.
+    Columns: pareto (log-loss front), pareto_accuracy (accuracy front), bigger_model (the single-model reference).
     """
     scores = {row["name"]: row for row in scores_df.iter_rows(named=True)}
     records = []
@@ -43,5 +45,20 @@ def accuracy_vs_compute(
                         "log_loss": scores[name]["log_loss"], "accuracy": scores[name]["accuracy"]})
     table = pl.DataFrame(records, schema={"name": pl.String, "kind": pl.String, "flops_per_image": pl.Int64,
                                           "n_members": pl.Int64, "log_loss": pl.Float64, "accuracy": pl.Float64})
-    return table.with_columns(pl.Series("pareto", pareto_mask(table["flops_per_image"].to_numpy(),
-                                                              table["log_loss"].to_numpy()), dtype=pl.Boolean))
+    flops = table["flops_per_image"].to_numpy()
+    return table.with_columns(
+        pl.Series("pareto", pareto_mask(flops, table["log_loss"].to_numpy()), dtype=pl.Boolean),
+        pl.Series("pareto_accuracy", pareto_mask(flops, -table["accuracy"].to_numpy()), dtype=pl.Boolean),
+        pl.Series("bigger_model", _bigger_model(table), dtype=pl.Boolean),
+    )
+
+
+def _bigger_model(table: pl.DataFrame) -> list[bool]:
+    """The 'one bigger model' reference (Kondratyuk et al. 2020): the most expensive single member, which
+    the ensembles of cheaper members are compared with (marked once there are two members or more)."""
+    flag = [False] * table.height
+    members = table.filter(pl.col("kind") == "member")
+    if members.height >= 2:
+        biggest = members.sort(["flops_per_image", "name"], descending=[True, False])["name"][0]
+        flag[table["name"].to_list().index(biggest)] = True
+    return flag

@@ -25,6 +25,11 @@ class StepFailure:
         return f"{where}: {self.cause}"
 
 
+def gate_said_no(result: dg.ExecuteInProcessResult) -> bool:
+    """The run succeeded but its smoke gate failed: a verdict recorded as a failed check, not a step failure."""
+    return any(not e.passed for e in result.get_asset_check_evaluations() if e.check_name == GATE_CHECK)
+
+
 def run_failures(result: dg.ExecuteInProcessResult, partition: str | None) -> list[StepFailure]:
     return [
         StepFailure(event.step_key, partition, _cause(event.step_failure_data))

@@ -1,5 +1,5 @@
-"""What the CLI prints after the data and crops stages: quarantined rows and images by reason, where the full
-list is, and classes with fewer images than folds (before, these lived only in parquet files and UI warnings)."""
+"""What the CLI prints after the data and crops stages: quarantined label rows and images by reason and where
+the full list is (before, these lived only in parquet files and UI warnings)."""
 
 from __future__ import annotations
 
@@ -39,14 +39,6 @@ def data_stage_report(plan: Plan) -> list[str]:
                 counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
             lines.append(f"      quarantined {rows.height} label row(s), by reason (full list: {plan.manifest_quarantine_path}):")
             lines += reason_table(counts)
-    report = _json(plan.manifest_report_path)
-    small = report.get("small_classes") or {}
-    if small:
-        listed = ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: kv[1]))
-        lines.append(
-            f"      warning: {len(small)} class(es) have fewer images than folds.k = {plan.folds.k}: {listed}; some folds "
-            "validate without them (data.min_class_images drops or merges them)"
-        )
     return lines
 
 

@@ -86,7 +86,7 @@ def train_subset_member(
     out = Path(out_dir)
     device = device or select_device()
     cfg = effective_subset_config(member.subset, fold_key, plan.training.smoke)
-    budget = plan.budget_for_fold(fold_key)
+    budget = plan.budget_for_fold(fold_key, member)
     config = plan.training_config(member)
     recipe = plan.recipes[member.recipe]
     num_classes = len(classes)

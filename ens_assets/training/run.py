@@ -69,7 +69,7 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
     partitions'), so promoting a member from smoke to cv does not invalidate its smoke checkpoint.
     """
     spec = {k: v for k, v in plan.member_spec(member).items() if k not in ("stage", "budget")}
-    return {**spec, "budget": plan.budget_for_fold(fold).model_dump(mode="json"), "fold": str(fold)}
+    return {**spec, "budget": plan.budget_for_fold(fold, member).model_dump(mode="json"), "fold": str(fold)}
 
 
 # What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
@@ -202,7 +202,7 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
             "each side needs at least 2. Use fewer folds or more data"
         )
     config = plan.training_config(member)
-    budget = plan.budget_for_fold(fold_key)
+    budget = plan.budget_for_fold(fold_key, member)
     classes = inputs.classes
     log(
         f"{member.key} fold {fold_key}: {train_part.height} training crops, {val_part.height} validation crops, "

@@ -13,7 +13,7 @@ import yaml
 import dagster as dg
 
 from .conftest import write_md_json
-from .exif_photos import write_burst_dataset
+from .exif_photos import write_burst_dataset, write_photo
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBERS = [{"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo"}]
@@ -39,6 +39,12 @@ def _run_data_stage(project: Path, params: dict):
     return runner, lines, code
 
 
+def _detectorless_params(data: dict, k: int) -> dict:
+    """A tiny plan without data.detections: members name no threshold."""
+    members = [{"backbone": "test_resnet", "recipe": "geo"}]
+    return {"data": data, "crops": {"image_size": 16}, "folds": {"k": k}, "members": members, "workdir": "work"}
+
+
 def _latest_materialization(runner, asset: str) -> dict:
     event = runner.instance.get_latest_materialization_event(dg.AssetKey(asset))
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -62,6 +68,8 @@ def test_data_stage_groups_exif_bursts_and_says_so(tmp_path, instance_home):
     grouping = json.loads(runner.plan.folds_summary_path.read_text())
     assert grouping["group_by"] == "burst" and grouping["requested"] == "auto" and grouping["n_groups"] == 9
     assert any("folds grouped by burst: 9 groups" in line for line in lines), lines
+    # 3 cameras x 3 bursts of 3 frames over 3 classes: every class has 9 images >= k, so none is reported
+    assert not any("fewer images than folds.k" in line for line in lines), lines
     meta = _latest_materialization(runner, "folds")
     assert meta["group_by"] == "burst" and meta["n_groups"] == 9 and meta["grouping_warning"] == ""
     detections = _latest_materialization(runner, "detections")
@@ -81,17 +89,15 @@ def test_no_detector_plan_runs_data_and_crops_through_dagster(tmp_path, instance
     """Pre-cropped or detector-less photos: no data.detections, members without a threshold."""
     root = tmp_path / "photos"
     truth = write_burst_dataset(root, cameras=2, bursts_per_camera=3, frames=2)
-    params = {
-        "data": {"layout": "zamba", "root": "photos"},
-        "crops": {"image_size": 16},
-        "folds": {"k": 2},
-        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
-        "workdir": "work",
-    }
-    runner, lines, code = _run_data_stage(tmp_path, params)
+    write_photo(root / "misc" / "okapi.jpg", 7, taken=None)  # one image of a class: fewer than k = 2
+    with open(root / "labels.csv", "a") as fh:
+        fh.write("misc/okapi.jpg,okapi\n")
+    truth["misc/okapi.jpg"] = "single"
+    runner, lines, code = _run_data_stage(tmp_path, _detectorless_params({"layout": "zamba", "root": "photos"}, k=2))
     assert code == 0, "\n".join(lines)
     assert runner.run(["crops"]) == 0, "\n".join(lines)
     assert any("crops full" in line and "[ok]" in line for line in lines), lines
+    assert any("classes with fewer images than folds.k = 2: {'okapi': 1}" in line for line in lines), lines
     summary = json.loads((runner.plan.crops_dir("full") / "summary.json").read_text())
     assert summary["n_images"] == len(truth) == summary["n_fallback_only"]
     assert summary["detection_status"] == {"no_detector": len(truth)}
@@ -102,14 +108,7 @@ def test_camtrap_dp_package_through_data_and_crops(tmp_path, instance_home):
     from .camtrap_package import write_camtrap_package
 
     truth = write_camtrap_package(tmp_path / "package")
-    params = {
-        "data": {"layout": "camtrap-dp", "root": "package"},
-        "crops": {"image_size": 16},
-        "folds": {"k": 3},
-        "members": [{"backbone": "test_resnet", "recipe": "geo"}],
-        "workdir": "work",
-    }
-    runner, lines, code = _run_data_stage(tmp_path, params)
+    runner, lines, code = _run_data_stage(tmp_path, _detectorless_params({"layout": "camtrap-dp", "root": "package"}, k=3))
     assert code == 0 and runner.run(["crops"]) == 0, "\n".join(lines)
     assert any("folds grouped by sequence: 12 groups" in line for line in lines), lines
     manifest_meta = _latest_materialization(runner, "manifest")

@@ -58,9 +58,9 @@ def test_cli_prints_quarantine_by_reason_and_small_classes(tmp_path, monkeypatch
     text = "\n".join(lines)
     key = runner.plan.threshold_keys[0]
     full_list = runner.plan.crops_dir(key) / "quarantine.parquet"
-    assert f"quarantined 2 of" in text and f"(full list: {full_list})" in text, text
+    assert "quarantined 2 of" in text and f"(full list: {full_list})" in text, text
     assert "truncated image data" in text and "not an image" in text
-    assert "fewer images than folds.k = 3: leopard (1)" in text
+    assert any("fewer images than folds.k = 3" in line and "leopard" in line for line in lines), text
 
     materialization = runner.instance.get_latest_materialization_event(dg.AssetKey("crops"))
     examples = materialization.asset_materialization.metadata["quarantine_examples"].value

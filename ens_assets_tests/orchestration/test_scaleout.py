@@ -101,3 +101,22 @@ def test_a_bad_instance_config_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "dagster.yaml").write_text("run_monitoring:\n  enabled: sometimes\n")
     with pytest.raises(dg.DagsterInvalidConfigError):
         dagster_instance_config(str(tmp_path))
+
+
+def test_workers_and_executor_share_the_celery_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/celery-worker.yaml is what the executor uses: steps acknowledged late, so a dead worker's step runs again."""
+    from dagster_celery.cli import get_validated_config
+
+    from ens_assets.scaleout_services import celery_settings
+
+    path = REPO_ROOT / "deploy" / "celery-worker.yaml"
+    assert yaml.safe_load(path.read_text())["execution"]["config"]["config_source"] == celery_settings()
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:1/1")
+    assert get_validated_config(str(path))["broker"] == "redis://127.0.0.1:1/0"
+    from ens_assets.scaleout import celery_executor_config
+
+    assert celery_executor_config() == {
+        "broker": "redis://127.0.0.1:1/0", "backend": "redis://127.0.0.1:1/1", "config_source": celery_settings(),
+    }  # fmt: skip
+    assert celery_settings()["task_annotations"]["execute_plan"] == {"acks_late": True, "reject_on_worker_lost": True}

@@ -125,3 +125,31 @@ def test_member_trains_and_predicts_at_its_own_size(tmp_path, mlflow_store):
     assert metrics["flops_per_image"] == flops_per_image(create_member_model("test_resnet", 4, None), 24)
     oof = predict_member_oof(plan, member.key)
     assert oof.height > 0
+
+
+def test_member_inference_flops_count_every_fold_model(trained_project):
+    """FLOPs-true cost: a cv member's test predictions average its k fold models."""
+    from ens_assets.member_outputs import _member_facts
+
+    plan, _, results = trained_project
+    member = plan.members[0]
+    facts = _member_facts(plan, member.key)
+    assert facts["models_at_inference"] == plan.folds.k == len(results)
+    assert facts["flops_per_image"] == results[0].metrics["flops_per_image"] > 0
+    assert facts["inference_flops_per_image"] == plan.folds.k * facts["flops_per_image"]
+
+
+def test_a_member_may_override_part_of_its_budget(tmp_path):
+    from ens_assets.training.run import checkpoint_spec
+
+    raw = tiny_plan_dict()
+    raw["members"][0]["overrides"] = {"cv": {"epochs": 5}, "freeze_epochs": 1}
+    plan = make_tiny_plan(tmp_path, raw)
+    tuned, plain = plan.members
+    assert plan.budget_for_fold("0", tuned).epochs == 5
+    assert plan.budget_for_fold("0", tuned).time_budget_s == plan.training.cv.time_budget_s  # the rest: the plan's
+    assert plan.budget_for_fold("0", plain).epochs == plan.training.cv.epochs == 2
+    assert plan.training_config(tuned).freeze_epochs == 1 and checkpoint_spec(plan, tuned, "0")["budget"]["epochs"] == 5
+    raw["members"][0]["overrides"] = {"cv": {"epochs": 0}}
+    with pytest.raises(ValueError, match="epochs"):
+        make_tiny_plan(tmp_path, raw).training_config(raw["members"][0]["backbone"] + ".t005.geo")
