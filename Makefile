@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 export ENS_ASSETS_DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 PIP_QUIET ?= -q
 
-.PHONY: install demo test bench ui mlflow-ui dvc-env repro clean-work scaleout-up scaleout-down
+.PHONY: install browser demo test bench ui mlflow-ui dvc-env repro clean-work scaleout-up scaleout-down
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ $(DVC_VENV)/.installed:
 	$(DVC_VENV)/bin/python -m pip install $(PIP_QUIET) "dvc>=3.50,<4"
 	touch $@
 
-install: $(VENV)/.installed $(DVC_VENV)/.installed
+install: $(VENV)/.installed $(DVC_VENV)/.installed browser
+
+# Debian's chromium for the browser test of the UI (playwright drives it; never `playwright install`).
+# Installed when missing and apt-get can run as root; otherwise that one test skips, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  echo "chromium not installed (needs root and apt-get): the browser test of the UI will skip"
 
 dvc-env: $(DVC_VENV)/.installed
 

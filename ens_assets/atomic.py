@@ -156,7 +156,7 @@ def _remove_dead_leftovers(target: Path, marker: str) -> None:
     for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid, _, host = leftover.name[len(prefix) :].split("-", 1)[0].partition("_")
         if pid.isdigit() and host == _HOST:
-            dead = int(pid) != os.getpid() and not _process_alive(int(pid))
+            dead = int(pid) != os.getpid() and not process_alive(int(pid))
         else:  # another machine's, or from before folders named their builder: judged by age alone
             dead = _mtime(leftover) < started - _UNOWNED_GRACE_S
         if dead:
@@ -174,11 +174,66 @@ def _mtime(path: Path) -> float:
         return float("inf")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host runs (a zombie, killed and not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except PermissionError:  # alive, owned by another user
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# --- disk full / read-only ------------------------------------------------------------------------
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "the file system is read-only"}  # fmt: skip
+
+
+class DiskWriteError(OSError):
+    """A write that failed because its disk is full or read-only; the message names the path, the space it
+    needed and the fix (libraries report these as "[Errno 28]" or "unexpected pos" with no path)."""
+
+
+@contextmanager
+def disk_errors_named(path: str | Path, needed_bytes: int | None = None) -> Iterator[None]:
+    """Turn a disk-full or read-only failure of the writes inside into a DiskWriteError about `path`."""
+    try:
+        yield
+    except DiskWriteError:
+        raise
+    except Exception as exc:
+        message = _disk_problem(Path(path), exc, needed_bytes)
+        if message is None:
+            raise
+        raise DiskWriteError(getattr(exc, "errno", None) or errno.ENOSPC, message) from exc
+
+
+def _disk_problem(path: Path, exc: BaseException, needed_bytes: int | None) -> str | None:
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    usage = shutil.disk_usage(folder)
+    need = f"; this write needs about {_size(needed_bytes)}" if needed_bytes else ""
+    where = f"{_size(usage.free)} free on the disk holding {folder}{need}"
+    cause = _DISK_ERRNOS.get(getattr(exc, "errno", None))
+    if cause is None:
+        # torch/safetensors report a full disk in their own words ("unexpected pos"): judge by the disk itself.
+        if usage.free < max(needed_bytes or 0, 1 << 20):
+            cause = _DISK_ERRNOS[errno.ENOSPC]
+        elif not os.access(folder, os.W_OK):
+            cause = "the folder is not writable"
+        else:
+            return None
+    fix = "make it writable" if "read-only" in cause or "writable" in cause else "free space there"
+    fix += " or point workdir in params.yaml at a larger, writable disk"
+    return f"{path}: cannot write it: {cause} ({where}). Fix: {fix}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

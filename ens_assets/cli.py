@@ -17,7 +17,6 @@ import argparse
 import functools
 import json
 import os
-import socket
 import sys
 import time
 import warnings
@@ -36,44 +35,15 @@ def _instance():
     import dagster as dg
 
     from ens_assets.defs.training_assets import GPU_POOL
+    from ens_assets.runs.watchdog import reap_runs_of_dead_processes
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get()
     if GPU_POOL not in instance.event_log_storage.get_concurrency_keys():
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
-    _reap_runs_of_dead_processes(instance)
+    reap_runs_of_dead_processes(instance)
     return instance
-
-
-LAUNCHER_TAGS = {"ens_assets/launcher": "cli", "ens_assets/host": socket.gethostname()}
-
-
-def _reap_runs_of_dead_processes(instance) -> None:
-    """A CLI run whose process was killed stays 'started' and keeps its gpu slot: without the daemon's run
-    monitoring nothing would ever free it, and every later training step would wait forever."""
-    import dagster as dg
-
-    from ens_assets.defs.schedules import IN_FLIGHT
-
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT, tags=LAUNCHER_TAGS))
-    for run in runs:
-        pid = int(run.tags.get("ens_assets/pid", "0"))
-        if pid and _process_alive(pid):
-            continue
-        instance.report_run_failed(run, f"its ens-assets process (pid {pid}) is gone; concurrency slots freed")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        print(f"freed the slots of run {run.run_id} (its process {pid} was killed)")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StageFailed(Exception):
@@ -118,13 +88,14 @@ class StageRunner:
     def _run(self, job: str, partition_key=None, label: str = "", tags: dict[str, str] | None = None) -> bool:
         from ens_assets.runs.failures import gate_said_no, run_failures
         from ens_assets.runs.run_log import cli_logger_config
+        from ens_assets.runs.watchdog import run_tags
 
         started = time.perf_counter()
         result = self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
             partition_key=partition_key,
             raise_on_error=False,
-            tags={**LAUNCHER_TAGS, "ens_assets/pid": str(os.getpid()), **(tags or {})},
+            tags={**run_tags(), **(tags or {})},
             # INFO keeps the per-epoch progress lines; traces go to the log file (and the console with --verbose).
             run_config=cli_logger_config(self.log_path, self.verbose),
         )
@@ -160,11 +131,19 @@ class StageRunner:
                      "(kept; data.min_class_images drops or merges them)")
         for note in report.get("notes", []):
             self.out(f"      note: {note}")
+        from ens_assets.runs.quarantine_report import data_stage_report
+
+        for line in data_stage_report(self.plan):
+            self.out(line)
 
     def crops(self) -> None:
+        from ens_assets.runs.quarantine_report import crops_stage_report
+
         self.out(f"crops: thresholds {self.plan.threshold_keys}")
         for key in self.plan.threshold_keys:
             self._run("crops_job", key, f"crops {key}")
+            for line in crops_stage_report(self.plan, key):
+                self.out(line)
 
     def train(self) -> None:
         from ens_assets.defs.partitions import checkpoint_key
@@ -244,9 +223,13 @@ class StageRunner:
         return reports_dir(self.plan) / date / REPORT_FILE
 
     def run(self, stages) -> int:
+        from ens_assets.runs.watchdog import RunWatchdog
+
         try:
-            for stage in stages:
-                getattr(self, stage)()
+            # While these runs wait on the gpu pool, a killed holder's slot is freed within seconds.
+            with RunWatchdog(self.out):
+                for stage in stages:
+                    getattr(self, stage)()
         except StageFailed as failed:
             later = list(stages)[list(stages).index(stage) + 1 :]
             self.out(f"stopped at {failed}: nothing downstream of it ran" + (f" ({', '.join(later)} skipped)" if later else ""))

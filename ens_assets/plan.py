@@ -270,6 +270,8 @@ class Plan(_Strict):
     workdir: str = "data/work"
     # Folder params.yaml was loaded from; set by load_plan, not by users.
     base_dir: str = "."
+    # The params file itself (its name may not be params.yaml); set by load_plan, not by users.
+    params_file: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +338,11 @@ class Plan(_Strict):
             unknown = set(m.overrides) - set(TrainingConfig.model_fields)
             if unknown:
                 raise ValueError(f"{where}: unknown overrides {sorted(unknown)}; allowed: {sorted(TrainingConfig.model_fields)}")
+            try:  # the overrides through the training section's own schema: {lr: -1} fails here, not in the optimizer
+                self.training_config(m)
+            except ValidationError as exc:
+                problems = "; ".join(f"overrides.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"{where}: {problems}") from None
             for key in invalid_key_chars(m.key):
                 raise ValueError(f"{where}: member key contains '{key}', which Dagster partition keys may not")
         for name in self.recipes:
@@ -616,8 +623,9 @@ def load_plan(path: str | Path = "params.yaml", *, check_backbones: bool = True)
         raise PlanError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise PlanError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = {k: v for k, v in raw.items() if k not in {"base_dir"}}
+    raw = {k: v for k, v in raw.items() if k not in {"base_dir", "params_file"}}
     raw["base_dir"] = str(source.parent)
+    raw["params_file"] = str(source)
     try:
         plan = Plan.model_validate(raw)
     except ValidationError as exc:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import yaml
 
 HOST = "127.0.0.1"
@@ -37,7 +38,6 @@ STATE_FILE = "services.json"
 CODE_LOCATION = "ens_assets_scaleout"
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
-RUNS_QUEUE = "runs"
 # The env var naming the params.yaml every process of the stack builds its definitions from.
 PARAMS_ENV = "ENS_ASSETS_PARAMS"
 
@@ -53,8 +53,7 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 def celery_settings(visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> dict:
     return {
-        # Steps only: a run's orchestration (execute_job, queue `runs`) lasts as long as the whole run, and a dead
-        # run worker is run monitoring's to detect (CeleryRunLauncher reports the task's state).
+        # Steps only (a dead run worker is run monitoring's to detect, and run_retries re-executes its run).
         "task_annotations": {"execute_plan": {"acks_late": True, "reject_on_worker_lost": True}},
         # A step handed out again although it had finished (it outlived visibility_timeout) is not run twice.
         "worker_deduplicate_successful_tasks": True,
@@ -131,6 +130,24 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam("nobody") if os.geteuid() == 0 else None
 
 
+def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path:
+    """bin_dir, or a copy of its installation under `scratch` when `user` cannot run it from where it is (a
+    virtualenv inside a folder private to root)."""
+    try:
+        probe = subprocess.run([str(bin_dir / "initdb"), "--version"], capture_output=True, cwd="/",
+                               user=user.pw_uid, group=user.pw_gid, extra_groups=[])  # fmt: skip
+        if probe.returncode == 0:
+            return bin_dir
+    except PermissionError:
+        pass
+    shutil.copytree(bin_dir.parent, scratch, symlinks=True)
+    for path in [scratch, *scratch.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode | 0o444
+            path.chmod(mode | 0o111 if path.is_dir() or mode & 0o100 else mode)
+    return scratch / "bin"
+
+
 def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user: pwd.struct_passwd | None = None,
            stop_signal: int = signal.SIGTERM) -> tuple[Process, subprocess.Popen]:  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -144,15 +161,10 @@ def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie child of ours counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -175,13 +187,12 @@ def stop_process_group(pid: int, stop_signal: int = signal.SIGTERM, grace_s: flo
 
 
 def _group_alive(pgid: int) -> bool:
-    for stat in glob.glob("/proc/[0-9]*/stat"):
+    for process in psutil.process_iter(["status"]):
         try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
     return False
 
 
@@ -229,7 +240,7 @@ class Stack:
 
     @property
     def pg_data(self) -> Path:
-        return Path(self.pg_data_dir) if self.pg_data_dir else self.state_dir / "pgdata"
+        return Path(self.pg_data_dir) / "data" if self.pg_data_dir else self.state_dir / "pgdata"
 
     def postgres_url(self, db: str, driver: str = "+psycopg2") -> str:
         """SQLAlchemy's URL (SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; psycopg2 is what is installed)."""
@@ -277,6 +288,7 @@ class Stack:
         if user is not None:
             self.pg_data_dir = tempfile.mkdtemp(prefix="ens-assets-pg-")
             os.chown(self.pg_data_dir, user.pw_uid, user.pw_gid)
+            bin_dir = _reachable_by(user, bin_dir, Path(self.pg_data_dir) / "pginstall")
         log = self.state_dir / "logs" / "postgres.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         initdb = subprocess.run(
@@ -326,18 +338,14 @@ class Stack:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         instance = {
             "storage": {"postgres": {"postgres_url": self.postgres_url("dagster")}},
-            # Runs wait in the daemon's queue; each run's orchestration is a Celery task on queue `runs` (a warm
-            # worker process, not a fresh interpreter per run), and every step of it a Celery task on its queue.
+            # Runs wait in the daemon's queue; each is orchestrated by a run worker process on this (head) machine
+            # (the default run launcher), and every step of it is a Celery task on its queue. dagster-celery's
+            # CeleryRunLauncher cannot drive the Celery executor: its orchestration task waits on the step tasks
+            # with result.get(), which Celery refuses inside a task ("Never call result.get() within a task!").
             "run_coordinator": {
                 "module": "dagster._core.run_coordinator",
                 "class": "QueuedRunCoordinator",
                 "config": {"dequeue_interval_seconds": 1},
-            },
-            "run_launcher": {
-                "module": "dagster_celery.launcher",
-                "class": "CeleryRunLauncher",
-                "config": {"broker": self.redis_url(0), "backend": self.redis_url(1), "default_queue": RUNS_QUEUE,
-                           "config_source": celery_settings(self.visibility_timeout_s)},
             },
             "concurrency": {"runs": {"max_concurrent_runs": 8}, "pools": {
                 "default_limit": 1, "granularity": "op",
@@ -345,7 +353,9 @@ class Stack:
                 # another run's step holds the gpu, instead of one after the other.
                 "op_granularity_run_buffer": 4,
             }},
-            "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 5, "poll_interval_seconds": 5},
+            # A run's orchestration may take a while to start on a busy machine (it loads torch and the project).
+            "run_monitoring": {"enabled": True, "free_slots_after_run_end_seconds": 5, "poll_interval_seconds": 5,
+                               "start_timeout_seconds": 900},
             "run_retries": {"enabled": True, "max_retries": 1},
             "telemetry": {"enabled": False},
         }
@@ -379,14 +389,12 @@ class Stack:
             self.wait_for_worker(name)
         return process
 
-    def wait_for_worker(self, name: str, timeout_s: float = 240) -> None:
+    def wait_for_worker(self, name: str, timeout_s: float = 600) -> None:
         process = self.process(f"worker-{name}")
         ready = lambda: f"{name}@" in (text := _tail(process.log, 200)) and "ready." in text  # noqa: E731
         _wait_until(ready, f"celery worker {name}", self._popens.get(process.pid), process.log, timeout_s)
 
     def start_default_workers(self, wait: bool = True) -> None:
-        # Run orchestrations wait on their steps: on a worker of their own, they can never starve the steps.
-        self.start_worker("runs", RUNS_QUEUE, concurrency=4, wait=False)
         self.start_worker("cpu", DEFAULT_QUEUE, concurrency=2, wait=False)
         self.start_worker("gpu", GPU_QUEUE, concurrency=self.gpu_concurrency, wait=False)
         if wait:
@@ -438,7 +446,8 @@ class Stack:
                 popen.wait(timeout=5)
             self.processes.remove(process)
         if name is None and self.pg_data_dir:
-            if (self.pg_data / "server.log").exists():
+            if (self.pg_data / "server.log").exists() and self.state_dir.exists():
+                (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
                 shutil.copy(self.pg_data / "server.log", self.state_dir / "logs" / "postgres.log")
             shutil.rmtree(self.pg_data_dir, ignore_errors=True)
             self.pg_data_dir = None
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Dagster UI on the Postgres instance: http://{HOST}:{stack.ports['ui']}\n"
         f"PostgreSQL {stack.postgres_url('dagster')}   Redis {stack.redis_url(0)}\n"
-        f"Workers: runs (queue {RUNS_QUEUE}), cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
+        f"Workers: cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
         "To talk to it from a shell:\n"
         + "".join(f"  export {k}={env[k]}\n" for k in ("DAGSTER_HOME", PARAMS_ENV, "DAGSTER_CELERY_BROKER_URL",
                                                         "DAGSTER_CELERY_BACKEND_URL", "MLFLOW_TRACKING_URI"))  # fmt: skip

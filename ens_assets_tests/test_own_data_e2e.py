@@ -22,9 +22,10 @@ from ens_assets_tests import own_data
 
 REPO = Path(__file__).resolve().parent.parent
 
-# What shrinks the default plan: sizes and budgets only; members, thresholds, folds and recipes stay the default's.
+# What shrinks the default plan: sizes, budgets and k; members, thresholds, recipes and grouping stay the default's.
 TINY_OVERRIDE = {
     "crops": {"image_size": 16, "workers": 1},
+    "folds": {"k": 2},  # two folds still prove the grouping and the nested scores, with a third fewer checkpoints
     "training": {"batch_size": 16, "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 1},
                  "cv": {"epochs": 1, "time_budget_s": 60, "patience": 1}},
     # One epoch on a few dozen frames proves the plumbing, not the learning: the gate asks only for finite losses.
@@ -48,9 +49,17 @@ def tiny_default_params(folder: Path, data: dict, **extra) -> Path:
     default = yaml.safe_load((REPO / "params.yaml").read_text())
     params = _merge(default, TINY_OVERRIDE)
     params["data"] = data
+    for member in params["members"]:  # per-member budgets shrink the same way
+        for budget in ("smoke", "cv"):
+            if budget in member.get("overrides", {}):
+                member["overrides"][budget] = {**member["overrides"][budget], **TINY_OVERRIDE["training"][budget]}
     if not data.get("detections"):
         params["crops"].pop("thresholds", None)
-        params["members"] = [{k: v for k, v in m.items() if k != "threshold"} for m in params["members"]]
+        # Members that differed only by threshold become one: the first listed (the default lists cv first).
+        members: dict[tuple, dict] = {}
+        for m in params["members"]:
+            members.setdefault((m["backbone"], m["recipe"], m.get("strategy")), {k: v for k, v in m.items() if k != "threshold"})
+        params["members"] = list(members.values())
     params["workdir"] = "work"
     params = _merge(params, extra)
     path = folder / "params.yaml"
@@ -72,7 +81,8 @@ def cli_env(tmp_path_factory):
 
 def _run_all(params: Path, capsys) -> tuple[int, str]:
     code = main(["--params", str(params), "materialize", "all"])
-    return code, capsys.readouterr().out
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def _assert_ensemble(params: Path, code: int, out: str) -> dict:

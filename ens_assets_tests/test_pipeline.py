@@ -279,3 +279,40 @@ def test_ensemble_says_per_member_which_gate_passed(materialized):
     assert f"| {GOOD_A} | cv | passed |" in table and f"| {DIVERGES} | cv | FAILED |  | [1] |" in table
     assert "\n1. smoke gate failed: " in table  # the long reason is a numbered note under the table
     assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+
+
+@pytest.mark.slow
+def test_ui_in_a_real_browser(materialized, tmp_path):
+    """`dagster dev` on this instance, read in headless Chromium: the asset graph, a failed gate's reason on
+    its smoke partition, and the ensemble page with its MLflow link and which gate each member passed."""
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from ens_assets_tests.orchestration.browser import browser_missing, chromium_pages, dagster_dev, publish_screenshots
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    runner, _, _ = materialized
+    verdict = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]
+    partition = lambda fold: urllib.parse.quote(str(checkpoint_key(DIVERGES, fold)))  # noqa: E731
+    env = {**os.environ, "ENS_ASSETS_PARAMS": str(runner.params)}
+    with dagster_dev(REPO, env, tmp_path / "dagster_dev.log") as url:
+        with chromium_pages(url, tmp_path / "screenshots") as ui:
+            graph_text = ui.visit("/assets/ensemble?view=lineage&lineageScope=upstream&lineageDepth=10", "source_images")
+            graph = ui.screenshot("ui-asset-graph.png")
+            smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
+            ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
+            ensemble = ui.screenshot("ui-ensemble.png", scroll_to="members")
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"{url}/server_info", timeout=5)  # dagster dev and its children are gone
+
+    assert all(asset in graph_text for asset in ("manifest", "crops", "checkpoints", "oof_predictions", "ensemble"))
+    assert "FAILED: " + verdict["reasons"][0] in smoke_text
+    assert "http://127.0.0.1:5000/#/experiments/" in ensemble_text
+    assert f"{DIVERGES}\tcv\tFAILED" in ensemble_text  # the members table: which gate each member passed
+    for shot in (graph, ensemble):
+        assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size < 1_000_000
+    publish_screenshots([graph, ensemble])

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageOps
 
-from ens_assets.atomic import building_dir, replace_dir
+from ens_assets.atomic import building_dir, disk_errors_named, replace_dir
 from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
 from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
@@ -202,7 +202,9 @@ def build_crop_cache(
     chunk_size = max(4, min(64, len(jobs) // (n_workers * 8) or 1))
     chunks = [(jobs[i : i + chunk_size], settings) for i in range(0, len(jobs), chunk_size)]
 
-    with building_dir(out_dir) as building:
+    # The raw crops and the .npy copy of them sit on disk together for a moment (at least one crop per image).
+    needed = 2 * len(jobs) * cfg.image_size * cfg.image_size * 3
+    with building_dir(out_dir) as building, disk_errors_named(out_dir, needed):
         index_rows: list[dict] = []
         quarantine_rows: list[dict] = []
         raw_path = building / "images.raw"

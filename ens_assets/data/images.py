@@ -28,6 +28,9 @@ def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
         raise ImageProblem("is a folder, not an image file: point its row at the image inside it or remove the row")
     if not path.is_file():
         raise ImageProblem("missing file: restore it or remove its row from the labels")
+    # Pillow's own limit (about 89 M pixels, an error above twice that) is the project's: data.max_image_pixels
+    # decides, so raising it lets large panoramas through and the message below is the one that applies.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels rules
@@ -40,7 +43,9 @@ def load_rgb(path: str | Path, max_pixels: int) -> np.ndarray:
     except ImageProblem:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageProblem(f"decompression bomb ({exc}); downscale the image or raise data.max_image_pixels") from None
+        raise ImageProblem(
+            f"decompression bomb ({exc}); downscale the image or raise data.max_image_pixels (now {max_pixels})"
+        ) from None
     except UnidentifiedImageError:
         raise ImageProblem("not an image (unrecognised format): replace it with a JPEG/PNG or remove its row") from None
     except OSError as exc:

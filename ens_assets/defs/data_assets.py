@@ -1,6 +1,8 @@
 """Data stage: source images -> manifest -> detections -> crops per threshold, and folds grouped by site, sequence or burst."""
 
 
+from pathlib import Path
+
 import polars as pl
 
 import dagster as dg
@@ -34,7 +36,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
         if not plan.data_root.is_dir():
             raise dg.Failure(
                 description=f"data.root {plan.data_root} does not exist: point data.root in "
-                f"{plan.base_dir}/params.yaml at your {plan.data.layout} dataset"
+                f"{plan.params_file or Path(plan.base_dir) / 'params.yaml'} at your {plan.data.layout} dataset"
             )
         return dg.MaterializeResult(metadata={"root": dg.MetadataValue.path(str(plan.data_root))})
 
@@ -158,8 +160,16 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             max_pixels=plan.data.max_image_pixels,
             label_rows=pl.read_parquet(plan.manifest_quarantine_path) if plan.manifest_quarantine_path.is_file() else None,
         )
+        quarantine = pl.read_parquet(plan.crops_dir(context.partition_key) / "quarantine.parquet")
         return dg.MaterializeResult(
-            metadata={"path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))), **table_metadata(summary)}
+            metadata={
+                "path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))),
+                **table_metadata(summary),
+                # The first quarantined images with their reasons, where people look (the full list is the parquet).
+                "quarantine_examples": dg.MetadataValue.md(
+                    frame_markdown(quarantine.select("rel_path", "reason"), max_rows=20) if quarantine.height else "none"
+                ),
+            }
         )
 
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})

@@ -48,7 +48,7 @@ def build_ensemble_assets(
         write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
         return dg.MaterializeResult(
             metadata={
-                **table_metadata(_headline(result.scores)),
+                **table_metadata(_headline(result.scores, result.spec["method"])),
                 "method": plan.ensemble.method,
                 "fitted_method": result.spec["method"],
                 "temperature": result.spec["temperature"],
@@ -156,6 +156,8 @@ def scores_for_people(scores):
             row["calibrated"] = with_interval(r["calibrated_log_loss"], None, None)
         if "delta_vs_best" in columns:
             row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
+        if "test_log_loss" in columns:
+            row["test LL"] = with_interval(r["test_log_loss"], None, None)
         row["members"] = r.get("members_used")
         row["note"] = r.get("note")
         rows.append(row)
@@ -179,16 +181,15 @@ def image_sites(plan: Plan) -> dict[str, str] | None:
     return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
-def _headline(scores) -> dict[str, float]:
-    """Ensemble and best-member honest scores as numbers, so the UI plots them across nights."""
+def _headline(scores, method: str) -> dict[str, float]:
+    """The fitted ensemble's and the best member's honest scores as numbers (the UI plots them across
+    nights); every other method is in the honest_scores table."""
     out: dict[str, float] = {}
     for row in scores.iter_rows(named=True):
-        if row["name"] in ("best_single_member",) or row["kind"] == "ensemble":
-            out[f"{row['name']}/log_loss"] = float(row["log_loss"])
-            out[f"{row['name']}/accuracy"] = float(row["accuracy"])
-            for column in ("test_log_loss", "test_accuracy"):
+        if row["name"] in (method, "best_single_member"):
+            for column in ("log_loss", "accuracy", "test_log_loss", "test_accuracy"):
                 if row.get(column) is not None:
-                    out[f"{row['name']}/{column}"] = float(row[column])
+                    out[f"{row['name']}/{column}"] = round(float(row[column]), 4)
     return out
 
 

@@ -92,8 +92,8 @@ def checkpoint_metadata(metrics: Mapping[str, Any], classes: list[str]) -> dict[
     first-class metadata, plotted across materializations; per-class scores and every other number as one
     table each, instead of dozens of rows of raw floats."""
     headline = {
-        "val_log_loss": metrics.get("val_loss"),
-        "val_accuracy": metrics.get("val_acc"),
+        "val_log_loss": round(float(metrics["val_loss"]), 4) if "val_loss" in metrics else None,
+        "val_accuracy": round(float(metrics["val_acc"]), 4) if "val_acc" in metrics else None,
         "best_epoch": metrics.get("best_epoch"),
         "stop_reason": metrics.get("stopped_reason"),
         "minutes": round(float(metrics["wall_seconds"]) / 60, 2) if "wall_seconds" in metrics else None,

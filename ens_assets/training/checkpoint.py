@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ens_assets.atomic import atomic_path, write_json
+from ens_assets.atomic import atomic_path, disk_errors_named, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "checkpoint.json"
@@ -33,8 +33,9 @@ def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], 
     # Drop the old sidecar first: new weights must never sit beside an old sidecar that vouches for them.
     (directory / SIDECAR_FILE).unlink(missing_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(directory / WEIGHTS_FILE, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp))
+    with disk_errors_named(directory / WEIGHTS_FILE, _nbytes(tensors)):
+        with atomic_path(directory / WEIGHTS_FILE, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp))
     weights_sha = hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest()
     write_json(directory / SIDECAR_FILE, {**sidecar, "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha})
     return directory
@@ -72,9 +73,21 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 def save_recovery(directory: str | Path, state: dict[str, Any]) -> Path:
     """Everything needed to continue after the epoch just finished (tensors, numbers, strings only)."""
     target = Path(directory) / RECOVERY_FILE
-    with atomic_path(target, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    with disk_errors_named(target, _nbytes(state)):
+        with atomic_path(target, suffix=".pt") as tmp:
+            torch.save(state, tmp)
     return target
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state: what writing it needs on disk, about."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def load_recovery(directory: str | Path) -> dict[str, Any] | None:

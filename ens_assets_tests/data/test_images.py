@@ -74,8 +74,11 @@ def test_decompression_bomb_against_max_pixels(tmp_path):
     assert load_rgb(path, max_pixels=10_000_000).shape == (2000, 3000, 3)
 
 
-def test_decompression_bomb_caught_by_pillow(tmp_path, monkeypatch):
-    path = bad_images.huge_png(tmp_path / "bomb.png")
-    # Pillow raises its own DecompressionBombError above 2 x MAX_IMAGE_PIXELS, before our check runs.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
-    assert _reason(path, max_pixels=10**9).startswith("decompression bomb")
+def test_data_max_image_pixels_is_pillows_limit_too(tmp_path, monkeypatch):
+    """Pillow refuses images above twice its own limit before any check of ours runs; the project sets that
+    limit from data.max_image_pixels, so raising the setting (as the message says) really lets the image in."""
+    path = bad_images.huge_png(tmp_path / "bomb.png")  # 3000 x 2000 = 6 M pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow would raise above 2 M
+    assert load_rgb(path, max_pixels=10**9).shape == (2000, 3000, 3)
+    reason = _reason(path, max_pixels=2_000_000)  # above twice the limit: Pillow's own error, our advice
+    assert reason.startswith("decompression bomb") and "data.max_image_pixels (now 2000000)" in reason

@@ -1,4 +1,6 @@
-"""A training run killed with SIGKILL keeps its gpu slot; the next ens-assets command frees it and goes on."""
+"""A training run killed with SIGKILL would keep its gpu slot forever (no daemon watches CLI runs): a second run
+already waiting on the pool notices the dead holder within seconds (the CLI's run watchdog), frees the slot and
+finishes, without anyone typing a new command."""
 
 import copy
 import os
@@ -9,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 import dagster as dg
@@ -26,10 +29,15 @@ def _cli(params: Path, *args: str, env: dict) -> subprocess.Popen:
     )
 
 
-def test_killed_training_run_releases_the_gpu_slot(tmp_path):
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # four CLI processes, two of them training, on two cores
+def test_a_waiting_run_frees_the_slot_of_a_killed_holder_and_finishes(tmp_path):
     params = copy.deepcopy(PARAMS)
     params["members"] = params["members"][:1]
-    params["training"]["smoke"] = {"epochs": 30, "time_budget_s": 120, "patience": 30}
+    params["crops"]["thresholds"] = [0.05]
+    params["data"]["demo"].update(train_images_per_class=6, test_images_per_class=2, train_sites=4, test_sites=2)
+    # Long enough (time-boxed) that the holder still trains when the second run has started and blocks.
+    params["training"]["smoke"] = {"epochs": 30, "time_budget_s": 45, "patience": 30}
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     home = tmp_path / "dagster_home"
@@ -40,24 +48,30 @@ def test_killed_training_run_releases_the_gpu_slot(tmp_path):
     for stage in ("data", "crops"):
         assert _cli(params_path, "materialize", stage, env=env).wait(timeout=300) == 0
 
-    trainer = _cli(params_path, "materialize", "train", env=env)
+    holder = _cli(params_path, "materialize", "train", env=env)
     instance = dg.DagsterInstance.from_config(str(home))
     deadline = time.time() + 240
-    while time.time() < deadline:
-        if instance.event_log_storage.get_concurrency_info("gpu").active_slot_count:
-            break
-        assert trainer.poll() is None, trainer.stdout.read()
+    while not instance.event_log_storage.get_concurrency_info("gpu").active_slot_count:
+        assert time.time() < deadline, "the training step never claimed the gpu slot"
+        assert holder.poll() is None, holder.stdout.read()
         time.sleep(0.5)
-    else:
-        raise AssertionError("the training step never claimed the gpu slot")
-    trainer.send_signal(signal.SIGKILL)
-    trainer.wait(timeout=30)
-    assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1, "the dead run still holds it"
+    waiting = _cli(params_path, "materialize", "train", env=env)
+    # The second run is started and blocked on the pool (two in-flight runs, one slot taken) before the kill.
+    while len(instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))) < 2:
+        assert time.time() < deadline, "the second training run never started"
+        assert waiting.poll() is None, waiting.stdout.read()
+        time.sleep(0.5)
+    time.sleep(3)
+    assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
 
-    again = _cli(params_path, "materialize", "train", env=env)
-    output, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, output
-    assert "freed the slots of run" in output
+    output, _ = waiting.communicate(timeout=400)
+    assert waiting.returncode == 0, output
+    assert "freed the slots of run" in output, output
+    assert "[ok] checkpoint" in output
     assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
     stuck = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
     assert not stuck
+    killed = [r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.FAILURE]
+    assert len(killed) == 1 and "is gone" in str(instance.all_logs(killed[0].run_id)[-1].message)

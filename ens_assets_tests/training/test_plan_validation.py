@@ -36,3 +36,33 @@ def test_fewer_than_two_folds(tmp_path):
     raw["folds"]["k"] = 1
     with pytest.raises(PlanError, match="k-fold cross-validation needs k >= 2"):
         _load(tmp_path, raw)
+
+
+def test_member_overrides_go_through_the_training_schema(tmp_path):
+    """{lr: -1} used to pass load and `check` and fail inside the optimizer."""
+    raw = tiny_plan_dict()
+    raw["members"][1]["overrides"] = {"lr": -1, "batch_size": 1}
+    with pytest.raises(PlanError) as caught:
+        _load(tmp_path, raw)
+    message = str(caught.value)
+    assert "members[1] (test_resnet.t020.mixup)" in message
+    assert "overrides.lr: Input should be greater than 0" in message and "overrides.batch_size" in message
+    raw["members"][1]["overrides"] = {"lr": 0.01}
+    plan = _load(tmp_path, raw)
+    assert plan.training_config(plan.members[1]).lr == 0.01
+
+
+def test_missing_data_root_names_the_params_file_given(tmp_path):
+    """The data stage's message points at the file the user passed, whatever its name (it said
+    <folder>/params.yaml, a file that may not exist)."""
+    from ens_assets.defs.build import build_definitions
+
+    raw = tiny_plan_dict()
+    raw["data"] = {"layout": "zamba", "root": "no/such/folder", "detections": "md.json"}
+    path = tmp_path / "my-camera-traps.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_plan(path).params_file == str(path.resolve())
+    result = build_definitions(path).resolve_job_def("data_job").execute_in_process(raise_on_error=False)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    description = failure.step_failure_data.user_failure_data.description
+    assert "data.root" in description and str(path.resolve()) in description, description
