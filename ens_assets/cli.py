@@ -120,11 +120,9 @@ class StageRunner:
 
     def data(self) -> None:
         self.out("data: source images, manifest, detections, folds")
-        if self._run("data_job", label="data") and self.plan.folds_summary_path.is_file():
-            grouping = json.loads(self.plan.folds_summary_path.read_text())
-            self.out(f"      folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})")
-            if grouping.get("warning"):
-                self.out(f"      warning: {grouping['warning']}")
+        if self._run("data_job", label="data"):
+            for line in _grouping_lines(self.plan):
+                self.out(f"      {line}")
         report = json.loads(self.plan.manifest_report_path.read_text()) if self.plan.manifest_report_path.is_file() else {}
         if report.get("small_classes"):
             self.out(f"      classes with fewer images than folds.k = {self.plan.folds.k}: {report['small_classes']} "
@@ -238,6 +236,17 @@ class StageRunner:
         return 0
 
 
+def _grouping_lines(plan) -> list[str]:
+    """How the folds were grouped (folds.json): the grouping, its group count, and a warning on a fallback."""
+    if not plan.folds_summary_path.is_file():
+        return []
+    grouping = json.loads(plan.folds_summary_path.read_text())
+    lines = [f"folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})"]
+    if grouping.get("warning"):
+        lines.append(f"warning: {grouping['warning']}")
+    return lines
+
+
 def _test_split_line(plan) -> str:
     """What the ensemble's spec says about the test split: its size, or that there is none."""
     import json
@@ -331,6 +340,8 @@ def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     if roadmap.is_file():
         out("\n=== diagnostics roadmap ===")
         out(roadmap.read_text())
+    for line in _grouping_lines(plan):
+        out(line)
     out(_test_split_line(plan))
     out("=== where to look ===")
     # Only what exists: a run that stopped early must not point at files it never wrote.

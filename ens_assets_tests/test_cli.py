@@ -42,3 +42,22 @@ def test_bad_plan_is_a_clear_error_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "no_such_net" in result.stderr and "is not a timm model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_final_summary_names_the_grouping_and_its_fallback_warning(tmp_path):
+    """The demo's closing summary repeats how the folds were grouped (folds.json), warning included."""
+    import json
+    from types import SimpleNamespace
+
+    from ens_assets.cli import _print_where_to_look
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "folds.json").write_text(json.dumps(
+        {"group_by": "image", "n_groups": 21, "reason": "no site, sequence or EXIF time", "warning": "OOF scores may be optimistic"}))
+    plan = SimpleNamespace(folds_summary_path=work / "folds.json", ensemble_dir=work / "ensemble",
+                           diagnostics_dir=work / "diagnostics")
+    lines: list[str] = []
+    _print_where_to_look(plan, out=lines.append)
+    assert "folds grouped by image: 21 groups (no site, sequence or EXIF time)" in lines
+    assert "warning: OOF scores may be optimistic" in lines
