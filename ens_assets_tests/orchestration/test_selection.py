@@ -30,6 +30,8 @@ ALL_ASSETS = {
     "ensemble",
     "ensemble_diagnostics",
 }
+# What the code location holds: everything upstream of the diagnostics, plus the morning report that reads them.
+EVERY_ASSET = ALL_ASSETS | {"morning_report"}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from ens_assets.plan import SMOKE_FOLD, load_plan
 
-from ens_assets_tests.orchestration.test_selection import ALL_ASSETS
+from ens_assets_tests.orchestration.test_selection import EVERY_ASSET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 150
@@ -132,7 +132,7 @@ def test_code_location_loads(ui: dict) -> None:
 
 @pytest.mark.slow
 def test_every_asset_is_listed(nodes: dict[str, dict]) -> None:
-    assert set(nodes) == ALL_ASSETS
+    assert set(nodes) == EVERY_ASSET
 
 
 @pytest.mark.slow
@@ -173,4 +173,4 @@ def test_schedules_and_sensor_are_there(ui: dict, tiny_params: Path) -> None:
         "nightly_training": plan.schedules.nightly_cron,
         "morning_predictions": plan.schedules.morning_cron,
     }
-    assert {s["name"] for s in repo["sensors"]} == {"ensemble_after_predictions"}
+    assert {s["name"] for s in repo["sensors"]} == {"ensemble_after_predictions", "promote_auto_members"}
