@@ -96,7 +96,8 @@ def checkpoint_metadata(metrics: Mapping[str, Any], classes: list[str]) -> dict[
         "val_accuracy": round(float(metrics["val_acc"]), 4) if "val_acc" in metrics else None,
         "best_epoch": metrics.get("best_epoch"),
         "stop_reason": metrics.get("stopped_reason"),
-        "minutes": round(float(metrics["wall_seconds"]) / 60, 2) if "wall_seconds" in metrics else None,
+        # 4 decimals (6 ms): the morning report sums these, and a tiny step rounded to 2 decimals reads as 0 minutes.
+        "minutes": round(float(metrics["wall_seconds"]) / 60, 4) if "wall_seconds" in metrics else None,
         "peak_memory_mb": round(float(metrics["peak_memory_mb"]), 1) if "peak_memory_mb" in metrics else None,
     }
     out: dict[str, Any] = {k: (dg.MetadataValue.text(v) if isinstance(v, str) else v) for k, v in headline.items() if v is not None}
