@@ -14,10 +14,10 @@ import yaml
 from ens_assets.cli import STAGES, StageRunner, main
 from ens_assets.morning_report import OOF_FILE, SUMMARY_FILE, reports_dir
 from ens_assets.plan import load_plan
+from ens_assets_tests.instance_home import make_dagster_home
 
 # Two nights of training in one module fixture: pytest-timeout counts the fixture into the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-REPO = Path(__file__).resolve().parent.parent
 NIGHT_1, NIGHT_2 = "2026-11-23", "2026-11-24"
 AUTO = "test_resnet.t020.mixup"
 CANDIDATE = "test_resnet.t005.mixup"
@@ -51,9 +51,7 @@ def write_params(path: Path, params: dict) -> None:
 @pytest.fixture(scope="module")
 def two_nights(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     params = root / "params.yaml"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +18,7 @@ import yaml
 
 from ens_assets.cli import main
 from ens_assets_tests import own_data
+from ens_assets_tests.instance_home import make_dagster_home
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,9 +70,7 @@ def tiny_default_params(folder: Path, data: dict, **extra) -> Path:
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("own_data")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

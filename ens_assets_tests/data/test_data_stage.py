@@ -4,7 +4,6 @@ JPEG folders (EXIF, no site column): what the folds asset, its check and the CLI
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,14 @@ import dagster as dg
 
 from .conftest import write_md_json
 from .exif_photos import write_burst_dataset, write_photo
+from ens_assets_tests.instance_home import make_dagster_home
 
-REPO = Path(__file__).resolve().parents[2]
 MEMBERS = [{"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo"}]
 
 
 @pytest.fixture
 def instance_home(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
 

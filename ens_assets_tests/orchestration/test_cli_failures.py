@@ -3,7 +3,6 @@ asset reads an input whose last materialization attempt failed (the stale-manife
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ import yaml
 
 from ens_assets.cli import StageRunner
 from ens_assets_tests.test_pipeline import PARAMS
+from ens_assets_tests.instance_home import make_dagster_home
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -30,9 +29,7 @@ def _small_params(**changes) -> dict:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path

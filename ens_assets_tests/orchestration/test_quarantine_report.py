@@ -2,7 +2,6 @@
 by reason with the path of the full list, and the classes with fewer images than folds; the crops metadata
 in Dagster shows the first quarantined images with their reasons."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,8 @@ import dagster as dg
 
 from ens_assets.cli import StageRunner
 from ens_assets_tests.data import bad_images
+from ens_assets_tests.instance_home import make_dagster_home
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -25,9 +24,7 @@ def _photo(path: Path, seed: int) -> None:
 
 
 def test_cli_prints_quarantine_by_reason_and_small_classes(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     root = tmp_path / "traps"
     root.mkdir()
