@@ -6,6 +6,8 @@ create the experiment the same way: as a model-training experiment, artifacts be
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 DEFAULT_UI_URL = "http://127.0.0.1:5000"  # what `make mlflow-ui` serves
@@ -15,8 +17,39 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 
 
+def ensure_store(uri: str) -> None:
+    """Create a SQLite store whole or not at all, before any client touches it.
+
+    MLflow creates a new SQLite store by running its alembic migrations in place; a process killed in the
+    middle (a run killed while its first checkpoint logs) leaves a half-migrated file that every later run
+    fails on ("table _alembic_tmp_experiments already exists"). So the store is built in a temp file under
+    a lock and renamed into place; an existing file is left to MLflow.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///") :])
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent, os.O_RDONLY)  # a lock on the folder: no lock file left, dropped if its holder dies
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if db.exists():
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        tmp = db.parent / f".{db.name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", default_artifact_location(uri))
+        store.engine.dispose()
+        os.replace(tmp, db)
+    finally:
+        os.close(fd)
+
+
 def experiment_id(client, uri: str, name: str) -> str:
     """The experiment's id, creating it as a model-training experiment (an older one is re-tagged)."""
+    ensure_store(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:

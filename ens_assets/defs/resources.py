@@ -6,6 +6,7 @@ from functools import cached_property
 
 import dagster as dg
 
+from ens_assets.mlflow_store import ensure_store
 from ens_assets.plan import Plan, load_plan
 
 
@@ -37,6 +38,7 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow  # deferred: slow import, only training/ensemble steps need it
 
         uri = self.resolve(plan)
+        ensure_store(uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
         return uri
