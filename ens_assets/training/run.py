@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ens_assets import mlflow_store
 from ens_assets.atomic import write_parquet
 from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
@@ -26,7 +27,6 @@ from ens_assets.training.loop import train_member_model
 from ens_assets.training.metrics import per_class_metrics, probability_metrics, write_confusion_matrix
 from ens_assets.training.models import count_parameters, create_member_model, flops_per_image
 from ens_assets.training.predict import per_image_mean, predict_proba
-from ens_assets.training.tracking import log_checkpoint_run
 
 RECOVERY_SUBDIR = "recovery"
 
@@ -75,7 +75,7 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
 # What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
 # subset-ensemble trainer runs only for subset members, so an edit to either retrains nothing else.
 TRAINING_CODE_ROOT = "ens_assets.training.run"
-_REPORTING_ONLY = ("ens_assets.training.tracking",)
+_REPORTING_ONLY = ("ens_assets.mlflow_store",)
 _SUBSET_TRAINER = "ens_assets.subsets.member_training"
 
 
@@ -176,9 +176,13 @@ def checkpoint_is_fresh(plan: Plan, member_key: str, fold: int | str) -> bool:
     return sidecar.get("fingerprint") == fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
 
 
-def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print) -> CheckpointResult:
+def train_member_fold(
+    plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print,
+    tracking: mlflow_store.Tracking | None = None,
+) -> CheckpointResult:
     """Train (or skip when fresh) one checkpoint partition: train on the other folds' crops, validate
-    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run."""
+    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run to `tracking`
+    (default: mlflow_store.resolve_tracking(plan))."""
     member, fold_key = _member_and_fold(plan, member_key, fold)
     out_dir = plan.checkpoint_dir(member.key, fold_key)
     inputs = _load_inputs(plan, member)
@@ -266,8 +270,8 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
     verdict = evaluate_smoke(outcome.history, y_true, y_pred, classes, plan.promotion)
     confusion_json, confusion_png = write_confusion_matrix(out_dir, y_true, y_pred, classes)
     spec = checkpoint_spec(plan, member, fold_key)
-    tracked = log_checkpoint_run(
-        plan,
+    tracked = mlflow_store.log_checkpoint_run(
+        tracking or mlflow_store.resolve_tracking(plan),
         tags={"member": member.key, "backbone": member.backbone, "threshold": threshold_key(member.threshold),
               "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "strategy": member.strategy,
               "fingerprint": print_},
