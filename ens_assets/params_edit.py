@@ -38,11 +38,16 @@ def _yaml() -> YAML:
     return yaml
 
 
-def _member_index(members: CommentedSeq, key: str) -> int:
+def _member_index(data: CommentedMap, key: str) -> int:
+    members, aliases = data["members"], dict(data.get("backbones") or {})
     keys = []
     for i, entry in enumerate(members):
+        fields = dict(entry)
+        alias = aliases.get(fields.get("backbone"))  # keys name the timm model an alias stands for
+        if alias is not None:
+            fields["backbone"] = alias if isinstance(alias, str) else dict(alias).get("model")
         try:
-            k = Member.model_validate(dict(entry)).key
+            k = Member.model_validate(fields).key
         except Exception:  # an entry the plan would reject is reported by validation, not here
             k = None
         if k == key:
@@ -54,11 +59,9 @@ def _member_index(members: CommentedSeq, key: str) -> int:
 def _apply(data: CommentedMap, op: dict[str, Any]) -> None:
     kind = op.get("op")
     if kind == "set_member":
-        members = data["members"]
-        members[_member_index(members, op["member"])][op["field"]] = op["value"]
+        data["members"][_member_index(data, op["member"])][op["field"]] = op["value"]
     elif kind == "remove_member":
-        members = data["members"]
-        del members[_member_index(members, op["member"])]
+        del data["members"][_member_index(data, op["member"])]
     elif kind == "add_member":
         entry = CommentedMap(op["value"])
         entry.fa.set_flow_style()  # like the other one-line entries

