@@ -44,12 +44,12 @@ def test_train_stage_lists_the_subset_trainer_and_atomic_writes():
 
 
 def test_code_version_follows_imports_and_ignores_docstrings(tmp_path):
-    closure = module_closure(["ens_assets.training.run"])
+    closure = module_closure(["ens_assets.member_runs"])
     assert {"ens_assets.training.loop", "ens_assets.atomic", "ens_assets.subsets.member_training"} <= set(closure)
     assert not any(m.startswith("ens_assets.ensemble") for m in closure)
-    standard = module_closure(["ens_assets.training.run"], skip=["ens_assets.subsets.member_training"])
-    assert "ens_assets.subsets.soup" not in standard
-    assert code_version(["ens_assets.training.run"]) == code_version(["ens_assets.training.run"])
+    standard = module_closure(["ens_assets.member_runs"], skip=["ens_assets.subsets.member_training"])
+    assert "ens_assets.subsets.soup" not in standard and "ens_assets.training.loop" in standard
+    assert code_version(["ens_assets.member_runs"]) == code_version(["ens_assets.member_runs"])
 
 
 _FRESH = """
@@ -68,7 +68,8 @@ print(checkpoint_is_fresh(plan, sys.argv[3], "smoke"))
 def test_editing_training_code_makes_checkpoints_stale(tiny_data, tmp_path):
     """A copy of the package: a docstring edit or an ensemble edit keeps the checkpoint fresh; one changed
     line in training/loop.py makes it stale."""
-    from ens_assets.training.run import checkpoint_is_fresh, train_member_fold
+    from ens_assets.member_runs import train_member_fold
+    from ens_assets.training.run import checkpoint_is_fresh
 
     plan = tiny_data["plan"]
     member = plan.members[0].key

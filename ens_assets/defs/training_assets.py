@@ -54,7 +54,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.promotion import cv_gate_problem, read_verdict
         from ens_assets.training.checkpoint import read_sidecar
-        from ens_assets.training.run import train_member_fold
+        from ens_assets.member_runs import train_member_fold
 
         plan = plan_resource.load()
         keys = context.partition_key.keys_by_dimension

@@ -1,9 +1,9 @@
 """One checkpoint partition (member x fold) of a `strategy: subset` plan member.
 
-`ens_assets.training.run.train_member_fold` calls `train_subset_member` instead of the standard loop
-when a member's strategy is "subset"; it returns the same `TrainOutcome` the standard loop does, so
-the checkpoint, sidecar, smoke verdict, MLflow run and OOF/test predictions work unchanged. The extra
-pieces (per-phase metrics, report, score plot) travel in `TrainOutcome.extra`.
+`ens_assets.member_runs.train_member_fold` calls `train_subset_fold` instead of the standard loop when a
+member's strategy is "subset"; it returns the same `TrainOutcome` the standard loop does, so the
+checkpoint, sidecar, smoke verdict, MLflow run and OOF/test predictions work unchanged. The extra
+pieces (per-phase metrics, report, score plot) travel in a `StrategyRecord`.
 
 Budget: the cv folds train the member's `subset` config as written (total_epochs over its phases).
 The smoke partition proves the pipeline at a reduced cost: one phase, with total epochs = the smoke
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +35,10 @@ from ens_assets.subsets.config import SubsetEnsembleConfig, epoch_plan
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png
 from ens_assets.subsets.standard_loop import standard_loop_train_fn
 from ens_assets.subsets.strategy import selection_split, train_subset_ensemble
+from ens_assets.training.device import select_device
 from ens_assets.training.loop import TrainOutcome
 from ens_assets.training.models import create_member_model
+from ens_assets.training.run import FoldArrays, FoldRun, StrategyRecord
 
 SCORES_FILE = "difficulty_scores.parquet"
 SCORES_KEY_FILE = "difficulty_scores.json"
@@ -50,6 +53,29 @@ def effective_subset_config(cfg: SubsetEnsembleConfig, fold_key: str, smoke_budg
     one_phase = cfg.total_epochs // cfg.phases
     total = min(one_phase, max(smoke_budget.epochs, 2 * cfg.copies))
     return SubsetEnsembleConfig.model_validate({**cfg.model_dump(), "phases": 1, "total_epochs": total})
+
+
+@dataclass
+class SubsetMemberOutcome:
+    """A subset member's merged model as a `TrainOutcome`, what it adds to the checkpoint's record, and
+    which training crops were trained and scored (the indices outside the selection slice)."""
+
+    outcome: TrainOutcome
+    record: StrategyRecord
+    scored_rows: np.ndarray
+
+
+def train_subset_fold(run: FoldRun, arrays: FoldArrays, log: Callable[[str], Any] = print) -> tuple[TrainOutcome, StrategyRecord]:
+    """The subset strategy for one opened checkpoint partition; records which crops its scores belong to."""
+    inputs = run.inputs
+    trained = train_subset_member(
+        run.plan, run.member, run.fold_key, arrays.train_images, arrays.train_labels, arrays.val_images,
+        arrays.val_labels, inputs.classes, out_dir=run.out_dir,
+        data_key=stable_hash([inputs.crops_hash, inputs.folds_hash, run.fold_key]), log=log,
+        train_groups=run.train_crops["image_id"].to_numpy(),
+    )  # fmt: skip
+    write_scored_images(run.out_dir, run.train_crops[trained.scored_rows.tolist()])
+    return trained.outcome, trained.record
 
 
 def train_subset_member(
@@ -67,19 +93,16 @@ def train_subset_member(
     device: torch.device | None = None,
     log: Callable[[str], Any] = print,
     train_groups: np.ndarray | None = None,
-) -> TrainOutcome:
-    """Train one subset-ensemble checkpoint on a fold's crops; returns a `TrainOutcome` of the merged model.
+) -> SubsetMemberOutcome:
+    """Train one subset-ensemble checkpoint on a fold's crops; its merged model as a `TrainOutcome`.
 
     `data_key` identifies the training images (crops, folds, fold) for the difficulty-score cache.
     A `subset.selection_fraction` slice of the training crops (whole images, by `train_groups`) is held
     out: soups, the soup-vs-base fallback and the copies' best epochs are chosen on it, never on the
     validation fold (`val_images`, the member's OOF rows), which is only predicted and reported.
-    `outcome.extra` holds "metrics" (per-phase val losses, flat floats), "artifacts" (score plot and
-    report paths), "sidecar" (report and effective config for checkpoint.json) and "scored_rows" (the
-    indices of the training crops that were trained and scored, i.e. not in the selection slice).
+    The record holds the per-phase val losses (flat floats), the score plot and report (MLflow artifacts)
+    and the report and effective config (checkpoint.json).
     """
-    from ens_assets.training.device import select_device
-
     if member.subset is None:
         raise ValueError(f"{member.key}: strategy '{member.strategy}' has no subset settings; add a 'subset:' block")
     started = time.perf_counter()
@@ -138,7 +161,7 @@ def train_subset_member(
             f"{'; no soup beat the base, kept the base' if phase['fallback_to_base'] else ''})")
     train_seconds = sum(o.train_seconds for o in outcomes)
     images_trained = sum(o.images_per_second * o.train_seconds for o in outcomes)
-    return TrainOutcome(
+    outcome = TrainOutcome(
         best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         best_epoch=len(history) - 1,
         best_val_loss=float(report["final_val_loss"]),
@@ -149,13 +172,13 @@ def train_subset_member(
         train_seconds=train_seconds,
         images_per_second=images_trained / train_seconds if train_seconds else 0.0,
         peak_memory_mb=max((o.peak_memory_mb for o in outcomes), default=0.0),
-        extra={
-            "metrics": subset_metrics(report),
-            "artifacts": [plot, report_path],
-            "sidecar": {"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
-            "scored_rows": keep,
-        },
     )
+    record = StrategyRecord(
+        metrics=subset_metrics(report),
+        artifacts=[plot, report_path],
+        sidecar={"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
+    )
+    return SubsetMemberOutcome(outcome, record, keep)
 
 
 def subset_history(cfg: SubsetEnsembleConfig, outcomes: list[TrainOutcome]) -> list[dict[str, Any]]:

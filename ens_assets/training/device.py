@@ -43,7 +43,7 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move a model to the device in channels_last memory format (see memory_format)."""
-    return model.to(device, memory_format=memory_format(device))
+    return model.to(device, memory_format=memory_format())
 
 
 def place_batch(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -61,8 +61,8 @@ def host_tensor(array, device: torch.device) -> torch.Tensor:
     return tensor
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last: faster convolutions on CUDA (tensor cores) and, measured in bench_training, about
+def memory_format() -> torch.memory_format:
+    """channels_last on every device: faster convolutions on CUDA (tensor cores) and, measured in bench_training, about
     2x faster training of small convnets on CPU too (oneDNN's preferred layout)."""
     return torch.channels_last
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +58,39 @@ class TrainOutcome:
     images_per_second: float  # training images (augmentation + forward + backward + step) per second
     peak_memory_mb: float
     resumed_from_epoch: int = 0  # 0 = started fresh
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitState:
+    """What `fit` carries from epoch to epoch; saved in the recovery checkpoint after every epoch."""
+
+    next_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    stopped_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name (not dataclasses.asdict, which would deep-copy the weights)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_recovery(cls, recovery: dict[str, Any]) -> "FitState":
+        return cls(**{f.name: recovery[f.name] for f in fields(cls)})
+
+    def stop_reason(self, budget: Budget) -> str | None:
+        if self.next_epoch >= budget.epochs:
+            return "completed"
+        if self.bad_epochs >= budget.patience:
+            return "early_stopping"
+        if self.elapsed_s >= budget.time_budget_s:
+            return "time_budget"
+        return None
 
 
 def train_member_model(
@@ -118,9 +150,7 @@ def fit(
     wall_start = time.perf_counter()
     device = device or select_device()
     model = place_model(model, device)
-    mean, std = model_mean_std(model, device)
-    fmt = memory_format(device)
-
+    parts = _TrainingParts.create(model, recipe, config, budget, num_classes, device)
     # NCHW uint8 once for the whole set: per-batch work is then one gather plus tensor ops.
     train_u8 = host_tensor(np.ascontiguousarray(np.asarray(train_images).transpose(0, 3, 1, 2)), device)
     if device.type == "cuda":
@@ -128,93 +158,128 @@ def fit(
     labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     val_labels_t = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
 
-    optimizer = create_member_optimizer(model, config)  # layer decay / head lr groups when the recipe asks
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=config.sched,
-        num_epochs=budget.epochs,
-        warmup_epochs=min(config.warmup_epochs, max(budget.epochs - 1, 0)),
-        plateau_mode="min",
-    )
-    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
-    scaler = grad_scaler(device)
-    mixup = _mixup(recipe, num_classes)
-    criterion = _train_criterion(recipe, mixup)
-
-    state = _fresh_state()
-    recovery = load_recovery(out_dir) if out_dir is not None else None
-    if recovery is not None and (recovery.get("format") != RECOVERY_FORMAT or recovery.get("resume_token") != resume_token):
-        log(f"recovery state in {out_dir} belongs to another configuration; starting from epoch 0")
-        recovery = None
-    if recovery is not None:
-        model.load_state_dict(recovery["model"])
-        optimizer.load_state_dict(recovery["optimizer"])
-        scheduler.load_state_dict(recovery["scheduler"])
-        scaler.load_state_dict(recovery["scaler"])
-        if ema is not None and recovery["ema"]:
-            ema.load_state_dict(recovery["ema"])
-        state = {k: recovery[k] for k in _fresh_state()}
-        log(f"resuming after epoch {state['next_epoch']} from {out_dir}")
-    resumed_from = state["next_epoch"]
+    state = _resume(out_dir, resume_token, model, parts, log)
+    resumed_from = state.next_epoch
     reset_peak_memory(device)
-
-    epoch = state["next_epoch"]
-    while state["stopped_reason"] is None:
-        epoch_start = time.perf_counter()
-        scheduler.step(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+    while state.stopped_reason is None:
+        epoch, epoch_start = state.next_epoch, time.perf_counter()
+        parts.scheduler.step(epoch)
+        lr = parts.optimizer.param_groups[0]["lr"]
         generator = _seed_epoch(seed, epoch, device)
         frozen = epoch < config.freeze_epochs  # linear-probe warm-up: only the head learns
-        train_loss, train_acc, seen = _train_epoch(
-            model, train_u8, labels, config.batch_size, recipe, mixup, criterion,
-            optimizer, scaler, ema, generator, mean, std, fmt, device, step_offset=epoch, frozen=frozen,
-        )  # fmt: skip
+        train_loss, train_acc, seen = _train_epoch(model, train_u8, labels, config.batch_size, recipe, parts, generator,
+                                                   device, frozen=frozen)  # fmt: skip
         train_seconds = time.perf_counter() - epoch_start
-        eval_model = ema.module if ema is not None else model
+        eval_model = parts.ema.module if parts.ema is not None else model
         logits = predict_logits(eval_model, val_images, config.batch_size, device)
         val_loss = float(F.cross_entropy(logits, val_labels_t))
         val_acc = float((logits.argmax(1) == val_labels_t).float().mean())
 
-        state["train_seconds"] += train_seconds
-        state["images_seen"] += seen
-        state["elapsed_s"] += time.perf_counter() - epoch_start
-        state["history"].append(
+        state.train_seconds += train_seconds
+        state.images_seen += seen
+        state.elapsed_s += time.perf_counter() - epoch_start
+        state.history.append(
             dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
                  lr=lr, frozen_backbone=float(frozen), epoch_seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
         )  # fmt: skip
-        if val_loss < state["best_val_loss"]:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0, best_state=_cpu_copy(eval_model))
+        if val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_epoch, state.bad_epochs, state.best_state = val_loss, epoch, 0, _cpu_copy(eval_model)
         else:
-            state["bad_epochs"] += 1
-        epoch += 1
-        state["next_epoch"] = epoch
-        state["stopped_reason"] = _stop_reason(state, epoch, budget)
+            state.bad_epochs += 1
+        state.next_epoch = epoch + 1
+        state.stopped_reason = state.stop_reason(budget)
         log(
-            f"epoch {epoch}/{budget.epochs}: train_loss {train_loss:.4f} acc {train_acc:.3f} | "
+            f"epoch {epoch + 1}/{budget.epochs}: train_loss {train_loss:.4f} acc {train_acc:.3f} | "
             f"val_loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.2e} | {seen / train_seconds:.0f} img/s"
         )
         if out_dir is not None:
-            save_recovery(out_dir, _recovery_payload(state, resume_token, model, optimizer, scheduler, scaler, ema))
+            save_recovery(out_dir, parts.recovery_payload(state, resume_token, model))
 
     return TrainOutcome(
-        best_state=state["best_state"],
-        best_epoch=state["best_epoch"],
-        best_val_loss=state["best_val_loss"],
-        history=state["history"],
-        epochs_run=state["next_epoch"],
-        stopped_reason=state["stopped_reason"],
+        best_state=state.best_state,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
+        history=state.history,
+        epochs_run=state.next_epoch,
+        stopped_reason=state.stopped_reason,
         wall_seconds=time.perf_counter() - wall_start,
-        train_seconds=state["train_seconds"],
-        images_per_second=state["images_seen"] / state["train_seconds"] if state["train_seconds"] else 0.0,
+        train_seconds=state.train_seconds,
+        images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
         peak_memory_mb=peak_memory_mb(device),
         resumed_from_epoch=resumed_from,
     )
 
 
+@dataclass
+class _TrainingParts:
+    """The timm pieces one `fit` call trains with, and the input normalisation of its model."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: ModelEmaV3 | None
+    scaler: torch.amp.GradScaler
+    mixup: Mixup | None
+    criterion: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def create(cls, model: nn.Module, recipe: Recipe, config: TrainingConfig, budget: Budget, num_classes: int,
+               device: torch.device) -> "_TrainingParts":  # fmt: skip
+        optimizer = create_member_optimizer(model, config)  # layer decay / head lr groups when the recipe asks
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=config.sched,
+            num_epochs=budget.epochs,
+            warmup_epochs=min(config.warmup_epochs, max(budget.epochs - 1, 0)),
+            plateau_mode="min",
+        )
+        mixup = _mixup(recipe, num_classes)
+        mean, std = model_mean_std(model, device)
+        return cls(
+            optimizer=optimizer, scheduler=scheduler, ema=ModelEmaV3(model, decay=config.ema_decay) if config.ema else None,
+            scaler=grad_scaler(device), mixup=mixup, criterion=_train_criterion(recipe, mixup), mean=mean, std=std,
+        )  # fmt: skip
+
+    def load(self, recovery: dict[str, Any], model: nn.Module) -> None:
+        model.load_state_dict(recovery["model"])
+        self.optimizer.load_state_dict(recovery["optimizer"])
+        self.scheduler.load_state_dict(recovery["scheduler"])
+        self.scaler.load_state_dict(recovery["scaler"])
+        if self.ema is not None and recovery["ema"]:
+            self.ema.load_state_dict(recovery["ema"])
+
+    def recovery_payload(self, state: FitState, resume_token: str, model: nn.Module) -> dict[str, Any]:
+        return dict(
+            state.as_dict(),
+            format=RECOVERY_FORMAT,
+            resume_token=resume_token,
+            model=model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            ema=self.ema.state_dict() if self.ema is not None else {},
+        )
+
+
+def _resume(out_dir: str | Path | None, resume_token: str, model: nn.Module, parts: _TrainingParts, log) -> FitState:
+    """The state to start from: the recovery checkpoint's when it belongs to this run (same token), else fresh."""
+    recovery = load_recovery(out_dir) if out_dir is not None else None
+    if recovery is not None and (recovery.get("format") != RECOVERY_FORMAT or recovery.get("resume_token") != resume_token):
+        log(f"recovery state in {out_dir} belongs to another configuration; starting from epoch 0")
+        recovery = None
+    if recovery is None:
+        return FitState()
+    parts.load(recovery, model)
+    state = FitState.from_recovery(recovery)
+    log(f"resuming after epoch {state.next_epoch} from {out_dir}")
+    return state
+
+
 def _train_epoch(
-    model, train_u8, labels, batch_size, recipe, mixup, criterion, optimizer, scaler, ema, generator,
-    mean, std, fmt, device, step_offset, frozen=False,
+    model, train_u8, labels, batch_size, recipe, parts: _TrainingParts, generator, device, frozen=False,
 ) -> tuple[float, float, int]:  # fmt: skip
+    mixup, criterion, optimizer, scaler, ema = parts.mixup, parts.criterion, parts.optimizer, parts.scaler, parts.ema
     model.train()
     freeze_backbone(model, frozen)
     n = len(labels)
@@ -228,7 +293,7 @@ def _train_epoch(
         x_u8 = train_u8.index_select(0, idx.to(train_u8.device))
         y = labels[idx].to(device, non_blocking=True)
         x = augment_batch(to_unit_float(x_u8), recipe, generator)
-        x = normalize(x, mean, std).contiguous(memory_format=fmt)
+        x = normalize(x, parts.mean, parts.std).contiguous(memory_format=memory_format())
         target = y
         if mixup is not None:
             x, target = mixup(x, y)
@@ -281,45 +346,6 @@ def _train_criterion(recipe: Recipe, mixup: Mixup | None) -> nn.Module:
     if recipe.label_smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
     return nn.CrossEntropyLoss()
-
-
-def _stop_reason(state: dict[str, Any], next_epoch: int, budget: Budget) -> str | None:
-    if next_epoch >= budget.epochs:
-        return "completed"
-    if state["bad_epochs"] >= budget.patience:
-        return "early_stopping"
-    if state["elapsed_s"] >= budget.time_budget_s:
-        return "time_budget"
-    return None
-
-
-def _fresh_state() -> dict[str, Any]:
-    return dict(
-        next_epoch=0,
-        history=[],
-        best_val_loss=float("inf"),
-        best_epoch=-1,
-        bad_epochs=0,
-        best_state={},
-        elapsed_s=0.0,
-        train_seconds=0.0,
-        images_seen=0,
-        stopped_reason=None,
-    )
-
-
-def _recovery_payload(state, resume_token, model, optimizer, scheduler, scaler, ema) -> dict[str, Any]:
-    return dict(
-        state,
-        format=RECOVERY_FORMAT,
-        resume_token=resume_token,
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        scaler=scaler.state_dict(),
-        ema=ema.state_dict() if ema is not None else {},
-        torch_rng_state=torch.get_rng_state(),
-    )
 
 
 def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ def predict_logits(model: nn.Module, images_u8: np.ndarray | torch.Tensor, batch
             for start in range(0, len(images_u8), batch_size):
                 batch = torch.as_tensor(np.ascontiguousarray(images_u8[start : start + batch_size]))
                 x = normalize(to_unit_float(place_batch(batch, device)), mean, std)
-                x = x.contiguous(memory_format=memory_format(device))
+                x = x.contiguous(memory_format=memory_format())
                 with autocast_context(device):
                     logits = model(x)
                 outputs.append(logits.float().cpu())

@@ -1,20 +1,23 @@
-"""The training stage's entry points: train one (member, fold) checkpoint, predict OOF and test.
+"""The training stage's steps for one (member, fold) checkpoint, and the OOF and test predictions.
 
-What the Dagster layer calls. Everything here reads the plan, the crop cache of the member's
+A checkpoint is opened (inputs and fingerprint), trained (the standard loop here, or a strategy above this
+layer), evaluated and recorded; ens_assets.member_runs chains the steps and picks the trainer. Everything here reads the plan, the crop cache of the member's
 threshold and the folds table, and writes only under plan.work (atomically).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
 import torch
+from torch import nn
 
 from ens_assets.atomic import write_parquet
 from ens_assets.code_version import code_version
@@ -22,8 +25,9 @@ from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, th
 from ens_assets.training.checkpoint import discard_recovery, load_checkpoint, read_sidecar, save_checkpoint
 from ens_assets.training.augment import resize_crops
 from ens_assets.training.device import select_device
-from ens_assets.training.loop import train_member_model
-from ens_assets.training.metrics import per_class_metrics, probability_metrics, write_confusion_matrix
+from ens_assets.training.evaluation import FoldEvaluation, evaluate_fold, label_indices
+from ens_assets.training.loop import TrainOutcome, train_member_model
+from ens_assets.training.metrics import probability_metrics, write_confusion_matrix
 from ens_assets.training.models import count_parameters, create_member_model, flops_per_image
 from ens_assets.training.predict import per_image_mean, predict_proba
 from ens_assets.training.tracking import log_checkpoint_run
@@ -72,9 +76,10 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
     return {**spec, "budget": plan.budget_for_fold(fold, member).model_dump(mode="json"), "fold": str(fold)}
 
 
-# What trains a checkpoint is the code this module runs. MLflow logging does not change a checkpoint, and the
-# subset-ensemble trainer runs only for subset members, so an edit to either retrains nothing else.
-TRAINING_CODE_ROOT = "ens_assets.training.run"
+# What trains a checkpoint is the code ens_assets.member_runs runs (a name, not an import: member_runs sits a
+# layer above). MLflow logging does not change a checkpoint, and the subset-ensemble trainer runs only for
+# subset members, so an edit to either retrains nothing else.
+TRAINING_CODE_ROOT = "ens_assets.member_runs"
 _REPORTING_ONLY = ("ens_assets.training.tracking",)
 _SUBSET_TRAINER = "ens_assets.subsets.member_training"
 
@@ -157,12 +162,62 @@ def _load_inputs(plan: Plan, member: Member) -> _FoldInputs:
     )
 
 
-def _label_indices(labels: pl.Series, classes: list[str]) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    return np.array([lookup[str(v)] for v in labels.to_list()], dtype=np.int64)
+# --- training: open the fold, train, evaluate, record (ens_assets.member_runs picks the trainer) ---------
+@dataclass
+class FoldArrays:
+    """A fold's crops at the member's input size with class-index labels: the trainers' inputs."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
 
 
-# --- training -------------------------------------------------------------------------------------
+@dataclass
+class FoldRun:
+    """One checkpoint partition about to be trained: the member, its fold's inputs and their fingerprint."""
+
+    plan: Plan
+    member: Member
+    fold_key: str
+    inputs: _FoldInputs
+    fingerprint: str
+
+    @property
+    def out_dir(self) -> Path:
+        return self.plan.checkpoint_dir(self.member.key, self.fold_key)
+
+    @property
+    def held_out(self) -> int:
+        return _held_out_fold(self.fold_key)
+
+    @functools.cached_property
+    def train_crops(self) -> pl.DataFrame:
+        return self.inputs.train_crops.filter(pl.col("fold") != self.held_out)
+
+    @functools.cached_property
+    def val_crops(self) -> pl.DataFrame:
+        return self.inputs.train_crops.filter(pl.col("fold") == self.held_out)
+
+    @property
+    def label(self) -> str:
+        return f"{self.member.key} fold {self.fold_key}"
+
+
+@dataclass
+class StrategyRecord:
+    """What a strategy adds to a checkpoint's record beside the standard one (the subset ensemble's report)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    sidecar: dict[str, Any] = field(default_factory=dict)
+
+
+def is_fresh(sidecar: dict[str, Any] | None, expected_fingerprint: str) -> bool:
+    """Whether a checkpoint's sidecar vouches for exactly the spec, crops, folds and code of `expected_fingerprint`."""
+    return sidecar is not None and sidecar.get("fingerprint") == expected_fingerprint
+
+
 def checkpoint_is_fresh(plan: Plan, member_key: str, fold: int | str) -> bool:
     """Whether the saved checkpoint was trained from exactly the current spec, crops and folds."""
     member, fold_key = _member_and_fold(plan, member_key, fold)
@@ -173,75 +228,78 @@ def checkpoint_is_fresh(plan: Plan, member_key: str, fold: int | str) -> bool:
         inputs = _load_inputs(plan, member)
     except (FileNotFoundError, ValueError):
         return False
-    return sidecar.get("fingerprint") == fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
+    return is_fresh(sidecar, fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash))
 
 
-def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print) -> CheckpointResult:
-    """Train (or skip when fresh) one checkpoint partition: train on the other folds' crops, validate
-    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run."""
+def open_fold(plan: Plan, member_key: str, fold: int | str) -> FoldRun:
+    """The partition's member, inputs and fingerprint; a fold the member may not train is a PlanError."""
     member, fold_key = _member_and_fold(plan, member_key, fold)
-    out_dir = plan.checkpoint_dir(member.key, fold_key)
     inputs = _load_inputs(plan, member)
-    print_ = fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
+    return FoldRun(plan, member, fold_key, inputs, fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash))
 
-    sidecar = read_sidecar(out_dir)
-    if sidecar is not None and sidecar.get("fingerprint") == print_:
-        log(f"{member.key} fold {fold_key}: checkpoint is fresh ({print_}); skipping training")
-        return CheckpointResult(
-            member=member.key, fold=fold_key, checkpoint_dir=out_dir, skipped=True, fingerprint=print_,
-            metrics=sidecar.get("metrics", {}), mlflow_run_id=sidecar.get("mlflow_run_id"), mlflow_url=sidecar.get("mlflow_url"),
-        )  # fmt: skip
 
-    started_unix = time.time()  # the MLflow run's start: its duration is the training's
-    held_out = _held_out_fold(fold_key)
-    train_part = inputs.train_crops.filter(pl.col("fold") != held_out)
-    val_part = inputs.train_crops.filter(pl.col("fold") == held_out)
+def fresh_result(run: FoldRun, log: Callable[[str], Any] = print) -> CheckpointResult | None:
+    """The saved checkpoint's result when it is fresh (nothing to train), else None."""
+    sidecar = read_sidecar(run.out_dir)
+    if not is_fresh(sidecar, run.fingerprint):
+        return None
+    log(f"{run.label}: checkpoint is fresh ({run.fingerprint}); skipping training")
+    return CheckpointResult(
+        member=run.member.key, fold=run.fold_key, checkpoint_dir=run.out_dir, skipped=True, fingerprint=run.fingerprint,
+        metrics=sidecar.get("metrics", {}), mlflow_run_id=sidecar.get("mlflow_run_id"), mlflow_url=sidecar.get("mlflow_url"),
+    )  # fmt: skip
+
+
+def fold_arrays(run: FoldRun, log: Callable[[str], Any] = print) -> FoldArrays:
+    """The fold's training and validation crops as arrays; each side needs at least two crops."""
+    train_part, val_part, classes = run.train_crops, run.val_crops, run.inputs.classes
     if train_part.height < 2 or val_part.height < 2:
         raise ValueError(
-            f"{member.key} fold {fold_key}: {train_part.height} training and {val_part.height} validation crops; "
+            f"{run.label}: {train_part.height} training and {val_part.height} validation crops; "
             "each side needs at least 2. Use fewer folds or more data"
         )
-    config = plan.training_config(member)
-    budget = plan.budget_for_fold(fold_key, member)
-    classes = inputs.classes
+    budget = run.plan.budget_for_fold(run.fold_key, run.member)
     log(
-        f"{member.key} fold {fold_key}: {train_part.height} training crops, {val_part.height} validation crops, "
+        f"{run.label}: {train_part.height} training crops, {val_part.height} validation crops, "
         f"{len(classes)} classes, budget {budget.epochs} epochs / {budget.time_budget_s:.0f}s"
     )
-    fold_arrays = (
-        inputs.gather(train_part["row"]), _label_indices(train_part["label"], classes),
-        inputs.gather(val_part["row"]), _label_indices(val_part["label"], classes),
+    return FoldArrays(
+        run.inputs.gather(train_part["row"]), label_indices(train_part["label"], classes),
+        run.inputs.gather(val_part["row"]), label_indices(val_part["label"], classes),
     )  # fmt: skip
-    if member.strategy == "subset":
-        # Same inputs and outputs as the standard loop; its extra metrics/artifacts/sidecar come in outcome.extra.
-        from ens_assets.subsets.member_training import train_subset_member, write_scored_images
 
-        data_key = stable_hash([inputs.crops_hash, inputs.folds_hash, fold_key])
-        outcome = train_subset_member(plan, member, fold_key, *fold_arrays, classes, out_dir=out_dir, data_key=data_key,
-                                      log=log, train_groups=train_part["image_id"].to_numpy())
-        write_scored_images(out_dir, train_part[outcome.extra.pop("scored_rows").tolist()])
-    else:
-        outcome = train_member_model(
-            member.backbone, len(classes), *fold_arrays,
-            recipe=plan.recipes[member.recipe], config=config, budget=budget, seed=config.seed,
-            out_dir=out_dir / RECOVERY_SUBDIR, pretrained=member.pretrained, base_dir=Path(plan.base_dir),
-            resume_token=print_, log=log,
-        )  # fmt: skip
 
+def train_standard(run: FoldRun, arrays: FoldArrays, log: Callable[[str], Any] = print) -> TrainOutcome:
+    """The standard strategy: the member's backbone trained by the epoch loop, resumable per epoch."""
+    plan, member = run.plan, run.member
+    config = plan.training_config(member)
+    return train_member_model(
+        member.backbone, len(run.inputs.classes),
+        arrays.train_images, arrays.train_labels, arrays.val_images, arrays.val_labels,
+        recipe=plan.recipes[member.recipe], config=config, budget=plan.budget_for_fold(run.fold_key, member),
+        seed=config.seed, out_dir=run.out_dir / RECOVERY_SUBDIR, pretrained=member.pretrained,
+        base_dir=Path(plan.base_dir), resume_token=run.fingerprint, log=log,
+    )  # fmt: skip
+
+
+def evaluate_trained(run: FoldRun, outcome: TrainOutcome) -> tuple[nn.Module, FoldEvaluation]:
+    """The best weights as a model, and their per-image scores and smoke verdict on the validation fold."""
     device = select_device()
-    model = create_member_model(member.backbone, len(classes), None)
+    model = create_member_model(run.member.backbone, len(run.inputs.classes), None)
     model.load_state_dict(outcome.best_state)
     model.to(device)
-    crop_probs = predict_proba(model, inputs.gather(val_part["row"]), config.batch_size * 2, device)
-    image_ids, probs = per_image_mean(val_part, crop_probs)
-    labels_by_image = dict(val_part.select("image_id", "label").unique().iter_rows())
-    y_true = _label_indices(pl.Series([labels_by_image[i] for i in image_ids]), classes)
-    y_pred = probs.argmax(axis=1)
-    image_metrics = probability_metrics(y_true, probs, classes)
+    evaluation = evaluate_fold(
+        model, run.inputs.gather(run.val_crops["row"]), run.val_crops, run.inputs.classes, outcome.history,
+        run.plan.promotion, batch_size=run.plan.training_config(run.member).batch_size * 2, device=device,
+    )  # fmt: skip
+    return model, evaluation
 
-    metrics: dict[str, Any] = {
-        "val_loss": image_metrics["log_loss"],
-        "val_acc": image_metrics["accuracy"],
+
+def checkpoint_metrics(run: FoldRun, outcome: TrainOutcome, evaluation: FoldEvaluation, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records and logs: validation scores per image, the run's costs and the data's sizes."""
+    return {
+        "val_loss": evaluation.image_metrics["log_loss"],
+        "val_acc": evaluation.image_metrics["accuracy"],
         "best_epoch": outcome.best_epoch,
         "best_val_loss_crops": outcome.best_val_loss,
         "epochs_run": outcome.epochs_run,
@@ -251,57 +309,65 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
         "wall_seconds": outcome.wall_seconds,
         "train_seconds": outcome.train_seconds,
         "peak_memory_mb": outcome.peak_memory_mb,
-        "flops_per_image": flops_per_image(model, inputs.image_size),
-        "image_size": inputs.image_size,
+        "flops_per_image": flops_per_image(model, run.inputs.image_size),
+        "image_size": run.inputs.image_size,
         "param_count": count_parameters(model),
-        "n_train_crops": train_part.height,
-        "n_val_crops": val_part.height,
-        "n_val_images": len(image_ids),
-        "images_without_crops": inputs.images_without_crops,
-        **per_class_metrics(y_true, y_pred, classes),
-        **outcome.extra.get("metrics", {}),
+        "n_train_crops": run.train_crops.height,
+        "n_val_crops": run.val_crops.height,
+        "n_val_images": len(evaluation.image_ids),
+        "images_without_crops": run.inputs.images_without_crops,
+        **evaluation.per_class,
     }
-    from ens_assets.promotion import evaluate_smoke
 
-    verdict = evaluate_smoke(outcome.history, y_true, y_pred, classes, plan.promotion)
-    confusion_json, confusion_png = write_confusion_matrix(out_dir, y_true, y_pred, classes)
+
+def record_checkpoint(
+    run: FoldRun,
+    outcome: TrainOutcome,
+    evaluation: FoldEvaluation,
+    model: nn.Module,
+    *,
+    started_unix: float,
+    strategy: StrategyRecord | None = None,
+    log: Callable[[str], Any] = print,
+) -> CheckpointResult:
+    """Log the MLflow run, then save the weights and their sidecar (the sidecar last: it marks a whole checkpoint)."""
+    plan, member, fold_key, strategy = run.plan, run.member, run.fold_key, strategy or StrategyRecord()
+    metrics = {**checkpoint_metrics(run, outcome, evaluation, model), **strategy.metrics}
+    confusion_json, confusion_png = write_confusion_matrix(run.out_dir, evaluation.y_true, evaluation.y_pred, run.inputs.classes)
     spec = checkpoint_spec(plan, member, fold_key)
     tracked = log_checkpoint_run(
         plan,
         tags={"member": member.key, "backbone": member.backbone, "threshold": threshold_key(member.threshold),
               "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "strategy": member.strategy,
-              "fingerprint": print_},
+              "fingerprint": run.fingerprint},
         params=spec, history=outcome.history, metrics=metrics,
-        artifacts=[confusion_json, confusion_png, *outcome.extra.get("artifacts", [])],
+        artifacts=[confusion_json, confusion_png, *strategy.artifacts],
         run_name=f"{member.key}|{fold_key}", started_unix=started_unix,
     )  # fmt: skip
-    save_checkpoint(
-        out_dir,
-        outcome.best_state,
-        {
-            "fingerprint": print_,
-            "code_version": training_code_version(member),
-            "member": member.key,
-            "fold": fold_key,
-            "held_out_fold": held_out,
-            "member_spec": plan.member_spec(member),
-            "checkpoint_spec": spec,
-            "backbone": member.backbone,
-            "classes": classes,
-            "epoch": outcome.best_epoch,
-            "metrics": metrics,
-            "history": outcome.history,
-            "smoke_verdict": verdict.to_dict(),
-            "mlflow_run_id": tracked.run_id,
-            "mlflow_url": tracked.url,
-            "created_unix": time.time(),
-            **outcome.extra.get("sidecar", {}),
-        },
-    )
-    discard_recovery(out_dir / RECOVERY_SUBDIR)
-    log(f"{member.key} fold {fold_key}: val log loss {metrics['val_loss']:.4f}, accuracy {metrics['val_acc']:.3f} ({outcome.stopped_reason})")
+    sidecar = {
+        "fingerprint": run.fingerprint,
+        "code_version": training_code_version(member),
+        "member": member.key,
+        "fold": fold_key,
+        "held_out_fold": run.held_out,
+        "member_spec": plan.member_spec(member),
+        "checkpoint_spec": spec,
+        "backbone": member.backbone,
+        "classes": run.inputs.classes,
+        "epoch": outcome.best_epoch,
+        "metrics": metrics,
+        "history": outcome.history,
+        "smoke_verdict": evaluation.verdict.to_dict(),
+        "mlflow_run_id": tracked.run_id,
+        "mlflow_url": tracked.url,
+        "created_unix": time.time(),
+        **strategy.sidecar,
+    }
+    save_checkpoint(run.out_dir, outcome.best_state, sidecar)
+    discard_recovery(run.out_dir / RECOVERY_SUBDIR)
+    log(f"{run.label}: val log loss {metrics['val_loss']:.4f}, accuracy {metrics['val_acc']:.3f} ({outcome.stopped_reason})")
     return CheckpointResult(
-        member=member.key, fold=fold_key, checkpoint_dir=out_dir, skipped=False, fingerprint=print_,
+        member=member.key, fold=fold_key, checkpoint_dir=run.out_dir, skipped=False, fingerprint=run.fingerprint,
         metrics=metrics, mlflow_run_id=tracked.run_id, mlflow_url=tracked.url,
     )  # fmt: skip
 
@@ -311,7 +377,7 @@ def _fresh_checkpoint_model(plan: Plan, member: Member, fold_key: str, inputs: _
     directory = plan.checkpoint_dir(member.key, fold_key)
     state_dict, sidecar = load_checkpoint(directory)
     expected = fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
-    if sidecar.get("fingerprint") != expected:
+    if not is_fresh(sidecar, expected):
         raise ValueError(
             f"{directory}: checkpoint is stale (trained from other settings, crops or folds than the plan's now); "
             f"re-materialize checkpoint partition {member.key}|{fold_key} before predicting"
@@ -319,6 +385,17 @@ def _fresh_checkpoint_model(plan: Plan, member: Member, fold_key: str, inputs: _
     model = create_member_model(member.backbone, len(sidecar["classes"]), None)
     model.load_state_dict(state_dict)
     return model.to(device), sidecar["classes"]
+
+
+def _checkpoint_models(plan: Plan, member: Member, inputs: _FoldInputs, device: torch.device) -> Iterator[tuple[str, nn.Module, list[str]]]:
+    """(fold, model, classes) of each of the member's fresh checkpoints; every fold must share one class order."""
+    classes = None
+    for fold_key in plan.prediction_folds(member):
+        model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
+        if classes is not None and fold_classes != classes:
+            raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
+        classes = fold_classes
+        yield fold_key, model, classes
 
 
 def predict_member_oof(plan: Plan, member_key: str) -> pl.DataFrame:
@@ -331,12 +408,8 @@ def predict_member_oof(plan: Plan, member_key: str) -> pl.DataFrame:
     inputs = _load_inputs(plan, member)
     device = select_device()
     batch_size = plan.training_config(member).batch_size * 2
-    frames, classes = [], None
-    for fold_key in plan.prediction_folds(member):
-        model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
-        if classes is not None and fold_classes != classes:
-            raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
-        classes = fold_classes
+    frames = []
+    for fold_key, model, classes in _checkpoint_models(plan, member, inputs, device):
         held_out = _held_out_fold(fold_key)
         part = inputs.train_crops.filter(pl.col("fold") == held_out)
         image_ids, probs = per_image_mean(part, predict_proba(model, inputs.gather(part["row"]), batch_size, device))
@@ -361,12 +434,8 @@ def predict_member_test(plan: Plan, member_key: str) -> pl.DataFrame:
     test_images = inputs.gather(inputs.test_crops["row"])
     total, classes = None, None
     fold_keys = plan.prediction_folds(member)
-    for fold_key in fold_keys:
-        # Loaded even when there is nothing to predict: a stale checkpoint is an error either way.
-        model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
-        if classes is not None and fold_classes != classes:
-            raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
-        classes = fold_classes
+    # Loaded even when there is nothing to predict: a stale checkpoint is an error either way.
+    for _, model, classes in _checkpoint_models(plan, member, inputs, device):
         if inputs.test_crops.height == 0:
             continue  # no test split (every image labelled and used for folds): an empty table, not an error
         probs = predict_proba(model, test_images, batch_size, device).astype(np.float64)

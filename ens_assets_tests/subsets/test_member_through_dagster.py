@@ -15,7 +15,8 @@ import yaml
 from ens_assets.cli import StageRunner
 from ens_assets.plan import plan_from_dict
 from ens_assets.subsets.member_training import SCORES_FILE, SCORES_KEY_FILE, SCORES_PLOT_FILE
-from ens_assets.training.run import checkpoint_is_fresh, checkpoint_spec, train_member_fold
+from ens_assets.member_runs import train_member_fold
+from ens_assets.training.run import checkpoint_is_fresh, checkpoint_spec
 
 pytestmark = pytest.mark.slow
 

@@ -97,7 +97,7 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 @pytest.fixture(scope="module")
 def trained_project(tiny_data, tmp_path_factory):
     """A private copy of the tiny demo whose cv member has every fold trained once (read-only for tests)."""
-    from ens_assets.training.run import train_member_fold
+    from ens_assets.member_runs import train_member_fold
 
     base = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{base / 'mlflow.db'}"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ens_assets.training.checkpoint import load_checkpoint, load_recovery
-from ens_assets.training.run import RECOVERY_SUBDIR, train_member_fold
+from ens_assets.member_runs import train_member_fold
+from ens_assets.training.run import RECOVERY_SUBDIR
 from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
 
 EPOCHS = 3
@@ -22,7 +23,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     torch.set_num_threads(int(sys.argv[2]))
     from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
-    from ens_assets.training.run import train_member_fold
+    from ens_assets.member_runs import train_member_fold
     raw = tiny_plan_dict(cv={"epochs": %d, "time_budget_s": 600, "patience": 10})
     plan = make_tiny_plan(Path(sys.argv[1]), raw)
     # Slow logging only widens the window between epochs for the kill; it does not touch any RNG.

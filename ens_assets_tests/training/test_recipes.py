@@ -113,7 +113,8 @@ def test_crops_are_cached_at_the_largest_member_size(tmp_path):
 def test_member_trains_and_predicts_at_its_own_size(tmp_path, mlflow_store):
     """A member asking for 24 px trains on crops resized down from the 32 px cache; FLOPs are at 24 px."""
     from ens_assets.training.checkpoint import read_sidecar
-    from ens_assets.training.run import predict_member_oof, train_member_fold
+    from ens_assets.member_runs import train_member_fold
+    from ens_assets.training.run import predict_member_oof
 
     raw = tiny_plan_dict()
     raw["members"][1]["image_size"] = 24

@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 
 from ens_assets.plan import PlanError, plan_from_dict
+from ens_assets.member_runs import train_member_fold
 from ens_assets.training.checkpoint import load_checkpoint
 from ens_assets.training.run import (
     checkpoint_is_fresh,
     oof_summary,
     predict_member_oof,
     predict_member_test,
-    train_member_fold,
 )
 from ens_assets_tests.training.conftest import copy_tiny_project
 
