@@ -52,7 +52,8 @@ def build_trained_project(base: Path) -> TrainedProject:
     from ens_assets.data.folds import assign_folds
     from ens_assets.data.ingest import load_manifest
     from ens_assets.plan import load_plan
-    from ens_assets.training.run import predict_member_oof, predict_member_test, train_member_fold
+    from ens_assets.member_runs import train_member_fold
+    from ens_assets.training.run import predict_member_oof, predict_member_test
 
     params = base / "params.yaml"
     params.write_text(yaml.safe_dump(PREDICT_PARAMS, sort_keys=False))
