@@ -79,7 +79,7 @@ def load_members(artefact: EnsembleArtefact, device: torch.device) -> list[_Load
 def member_crop_probs(member: _LoadedMember, crops_u8: torch.Tensor, device: torch.device) -> np.ndarray:
     """(crops, member classes) float32: softmax of each fold model, averaged over folds as test predictions are."""
     x = normalize(to_unit_float(place_batch(crops_u8, device)), member.mean, member.std)
-    x = x.contiguous(memory_format=memory_format(device))
+    x = x.contiguous(memory_format=memory_format())
     total = None
     for model in member.models:
         with autocast_context(device):

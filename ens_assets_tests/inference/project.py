@@ -76,13 +76,16 @@ def build_trained_project(base: Path) -> TrainedProject:
     return TrainedProject(params, plan, uri)
 
 
-def fit_ensemble(plan, method: str, out_dir: Path) -> Path:
-    """Fit `method` on the members' OOF into out_dir (spec.json, submission.csv); return out_dir."""
+def fit_ensemble(plan, method: str, out_dir: Path, result: list | None = None) -> Path:
+    """Fit `method` on the members' OOF into out_dir (spec.json, submission.csv); return out_dir (and append the
+    EnsembleResult to `result` when given)."""
     from ens_assets.ensemble.build import build_ensemble
     from ens_assets.member_outputs import collect_member_outputs
 
     outputs = collect_member_outputs(plan)
     cfg = plan.ensemble.model_copy(update={"method": method})
-    build_ensemble(outputs.oof, outputs.test, outputs.classes, outputs.info, cfg, out_dir, compare_methods=[method],
-                   test_labels=outputs.test_labels)
+    built = build_ensemble(outputs.oof, outputs.test, outputs.classes, outputs.info, cfg, out_dir,
+                           compare_methods=[method], test_labels=outputs.test_labels)
+    if result is not None:
+        result.append(built)
     return out_dir
