@@ -47,6 +47,29 @@ def _instance():
     return instance
 
 
+def execute_against_code_location(job_def, instance, *, partition_key: str | None, tags: dict, run_config: dict):
+    """Execute a job in this process as a run of the workspace's code location (workspace.yaml).
+
+    `execute_in_process` records runs without a code location (repositoryOrigin null): the UI's Overview
+    timeline, Jobs history and "launched by" links never show them. The run is created with the origin the
+    webserver and daemon give this location (parsed from workspace.yaml, no code server started), then
+    executed here with the job's in-process executor, so a CLI run reads like one launched from the UI.
+    Uses Dagster internals (pinned to 1.13 in pyproject.toml) where no public API takes an origin.
+    """
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.execution.api import execute_run
+    from dagster._core.execution.execute_in_process import merge_run_tags
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    (location,) = location_origins_from_yaml_paths([str(REPO_ROOT / "workspace.yaml")])
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_def.name)
+    run_tags = merge_run_tags(job_def, partition_key, tags, None, instance, run_config)
+    run = instance.create_run_for_job(job_def, run_config=run_config, tags=run_tags, remote_job_origin=origin)
+    return execute_run(InMemoryJob(job_def), run, instance)
+
+
 class StageFailed(Exception):
     """A run of the stage failed: the runner stops there, so nothing downstream of a failure runs."""
 
@@ -92,10 +115,10 @@ class StageRunner:
         from ens_assets.runs.watchdog import run_tags
 
         started = time.perf_counter()
-        result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance,
-            partition_key=partition_key,
-            raise_on_error=False,
+        result = execute_against_code_location(
+            self.defs.resolve_job_def(job),
+            self.instance,
+            partition_key=None if partition_key is None else str(partition_key),
             tags={**run_tags(), **(tags or {})},
             # INFO keeps the per-epoch progress lines; traces go to the log file (and the console with --verbose).
             run_config=cli_logger_config(self.log_path, self.verbose),

@@ -17,7 +17,6 @@ import mlflow.pyfunc
 import pandas as pd
 
 ARTEFACT_KEY = "ensemble"
-MODEL_ARTIFACT_PATH = "model"
 BOX_COLUMNS = ("x", "y", "w", "h")
 
 
@@ -67,62 +66,39 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         return table.drop("fallback_thresholds", "detector_status").to_pandas()
 
 
-def _signature(classes: list[str]):
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+def log_ensemble_model(artefact_dir: Path, run_id: str, tracking, registered_name: str | None):
+    """The artefact as a pyfunc model in the ensemble's run (artifact path 'model'), registered under
+    `registered_name` (one new version per call) when given; an mlflow_store.LoggedModel."""
+    from ens_assets import mlflow_store
 
-    inputs = Schema([ColSpec("string", "path"), *(ColSpec("double", c, required=False) for c in (*BOX_COLUMNS, "conf"))])
-    outputs = Schema([ColSpec("string", "image"), ColSpec("string", "top_class", required=False),
-                      ColSpec("double", "top_probability", required=False),
-                      *(ColSpec("double", c, required=False) for c in classes), ColSpec("boolean", "fallback"),
-                      ColSpec("boolean", "quarantined"), ColSpec("string", "reason", required=False)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("workers", "long", 0)]))
-
-
-def log_ensemble_model(artefact_dir: Path, run_id: str, tracking_uri: str, registered_name: str | None) -> dict[str, Any]:
-    """Save the artefact as a pyfunc model into the ensemble's run (artifact path 'model') and register it:
-    one new version of `registered_name` per call. Returns {model_uri, name, version}."""
-    from mlflow import MlflowClient
-
-    from ens_assets.inference.artefact import load_artefact
-
-    artefact = load_artefact(artefact_dir, verify=False)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / MODEL_ARTIFACT_PATH
-        # Explicit requirements: inferring them would import-trace the model in a subprocess (slow, and
-        # meaningless here: the model needs this project installed, which `ens-assets` is).
-        # Models from code: MLflow stores pyfunc_model.py, not a cloudpickle of the Python object.
-        mlflow.pyfunc.save_model(str(local), python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts={ARTEFACT_KEY: str(artefact_dir)},
-                                 signature=_signature(artefact.classes), pip_requirements=["ens-assets"],
-                                 metadata={"ens_assets_version": artefact.version, "method": artefact.method})
-        client.log_artifacts(run_id, str(local), MODEL_ARTIFACT_PATH)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-    if not registered_name:
-        return {"model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", "name": None, "version": None}
-    try:
-        client.get_registered_model(registered_name)
-    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST: the first ensemble run creates it
-        client.create_registered_model(registered_name, description="ens-assets ensembles (ens_assets.inference)")
-    version = client.create_model_version(registered_name, source, run_id=run_id,
-                                          tags={"ensemble_version": artefact.version, "method": artefact.method},
-                                          description=f"ensemble {artefact.version} ({artefact.method})")
-    return {"model_uri": f"models:/{registered_name}/{version.version}", "name": registered_name,
-            "version": str(version.version)}
+    # Models from code: MLflow stores pyfunc_model.py, not a cloudpickle of a Python object. Requirements are
+    # given, not inferred (inferring import-traces the model in a subprocess): the model needs this project.
+    return mlflow_store.log_pyfunc_model(
+        tracking, run_id, str(Path(__file__).with_name("pyfunc_model.py")), artifacts={ARTEFACT_KEY: artefact_dir},
+        registered_name=registered_name, pip_requirements=["ens-assets"],
+    )  # fmt: skip
 
 
 def download_registered_artefact(model_uri: str, plan=None) -> Path:
-    """The artefact folder of a registered model version (models:/NAME/VERSION), downloaded to a temp folder."""
-    import mlflow
-    from mlflow import MlflowClient
+    """The artefact folder of a registered model version (models:/NAME/VERSION), downloaded to a temp folder.
+    The registry is the plan's tracking store (mlflow_store.resolve_tracking), else $MLFLOW_TRACKING_URI."""
+    import os
 
-    from ens_assets.training.tracking import tracking_uri
+    import mlflow
+
+    from ens_assets import mlflow_store
 
     parts = model_uri.removeprefix("models:/").split("/")
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"{model_uri}: expected models:/NAME/VERSION, e.g. models:/ens-assets-ensemble/3")
-    uri = tracking_uri(plan) if plan is not None else mlflow.get_tracking_uri()
-    source = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_download_uri(*parts)
+    if plan is not None:
+        uri = mlflow_store.resolve_tracking(plan).uri
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        raise ValueError(f"{model_uri}: no registry to look it up in; pass --params or set MLFLOW_TRACKING_URI")
+    client = mlflow_store.Tracking(uri=uri, experiment="").client()
+    source = client.get_model_version_download_uri(*parts)
     target = Path(tempfile.mkdtemp(prefix="ens-assets-model-"))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=uri))
     found = sorted(local.rglob("ensemble.json"))

@@ -24,17 +24,18 @@ SERVE_START_S = 120
 @pytest.fixture(scope="module")
 def registered(trained, tmp_path_factory):
     """The ensemble logged as its MLflow run, written as an artefact and registered (twice: two versions)."""
-    from ens_assets.ensemble.build import log_ensemble_to_mlflow
+    from ens_assets import mlflow_store
     from ens_assets.inference.artefact import write_plan_artefact
     from ens_assets.inference.mlflow_model import log_ensemble_model
 
     plan = trained.plan
+    tracking = mlflow_store.resolve_tracking(plan, trained.tracking_uri)
     versions = []
     for _ in range(2):  # one version per ensemble run
         built: list = []
         fit_ensemble(plan, plan.ensemble.method, plan.ensemble_dir, built)
-        run_id = log_ensemble_to_mlflow(built[0], None, {}, plan.tracking.experiment, trained.tracking_uri)
-        versions.append(log_ensemble_model(write_plan_artefact(plan), run_id, trained.tracking_uri, MODEL_NAME))
+        run_id = mlflow_store.log_ensemble_run(tracking, built[0], None, {})
+        versions.append(log_ensemble_model(write_plan_artefact(plan), run_id, tracking, MODEL_NAME))
     return versions
 
 
@@ -76,8 +77,8 @@ def _free_port() -> int:
 def test_served_registered_model_matches_the_cli(trained, registered, tmp_path):
     """`mlflow models serve -m models:/NAME/VERSION` (a fresh process loading the registered pyfunc model) on
     127.0.0.1 at a free port with --env-manager local answers one request with the CLI's numbers; always stopped."""
-    assert [v["version"] for v in registered] == ["1", "2"]  # one version per ensemble run
-    model_uri = registered[-1]["model_uri"]
+    assert [v.version for v in registered] == ["1", "2"]  # one version per ensemble run
+    model_uri = registered[-1].registry_uri
     cli = _cli_predictions(trained, model_uri, tmp_path / "cli")
     classes = [c for c in cli.columns if c not in ("image", "top_class", "top_probability", "fallback",
                                                    "fallback_thresholds", "detector_status", "quarantined", "reason")]
