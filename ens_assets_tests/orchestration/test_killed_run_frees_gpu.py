@@ -2,9 +2,7 @@
 already waiting on the pool notices the dead holder within seconds (the CLI's run watchdog), frees the slot and
 finishes, without anyone typing a new command."""
 
-import copy
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,14 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
 import dagster as dg
 
 from ens_assets.defs.schedules import IN_FLIGHT
-from ens_assets_tests.test_pipeline import PARAMS
-
-REPO = Path(__file__).resolve().parents[2]
+from ens_assets.cli import StageRunner
+from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, budget, member, merged, tiny_plan, write_params
 
 
 def _cli(params: Path, *args: str, env: dict) -> subprocess.Popen:
@@ -31,30 +27,35 @@ def _cli(params: Path, *args: str, env: dict) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # four CLI processes, two of them training, on two cores
-def test_a_waiting_run_frees_the_slot_of_a_killed_holder_and_finishes(tmp_path):
-    params = copy.deepcopy(PARAMS)
-    params["members"] = params["members"][:1]
-    params["crops"]["thresholds"] = [0.05]
-    params["data"]["demo"].update(train_images_per_class=6, test_images_per_class=2, train_sites=4, test_sites=2)
-    # Long enough (time-boxed) that the holder still trains when the second run has started and blocks.
-    params["training"]["smoke"] = {"epochs": 30, "time_budget_s": 45, "patience": 30}
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+def test_a_waiting_run_frees_the_slot_of_a_killed_holder_and_finishes(tmp_path, monkeypatch):
+    # The holder's plan would train for ten minutes (it is killed long before); the waiting run, started with a
+    # copy of the plan whose budget is two epochs, trains the same partition afresh once it has freed the slot.
+    params = tiny_plan(
+        data={"demo": {"seed": 3, "train_images_per_class": 6, "test_images_per_class": 2, "train_sites": 4}},
+        crops={"thresholds": [0.05]},
+        training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(2)},
+        members=[member(0.05, stage="smoke")],  # one partition: the one the holder holds is the one the waiting run trains
+        promotion=FINITE_LOSS_GATE,
+    )
+    params_path = write_params(tmp_path, params)
+    holder_params = write_params(tmp_path, merged(params, {"training": {"smoke": budget(100_000, time_budget_s=600)}}),
+                                 "holder_params.yaml")
+    home = make_dagster_home(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = os.environ.copy()
 
-    for stage in ("data", "crops"):
-        assert _cli(params_path, "materialize", stage, env=env).wait(timeout=300) == 0
+    # Data and crops in this process (not under test here); the two training runs are CLI processes.
+    assert StageRunner(params_path, out=lambda *_: None).run(("data", "crops")) == 0
 
-    holder = _cli(params_path, "materialize", "train", env=env)
+    holder = _cli(holder_params, "materialize", "train", env=env)
     instance = dg.DagsterInstance.from_config(str(home))
     deadline = time.time() + 240
     while not instance.event_log_storage.get_concurrency_info("gpu").active_slot_count:
         assert time.time() < deadline, "the training step never claimed the gpu slot"
         assert holder.poll() is None, holder.stdout.read()
         time.sleep(0.5)
+    claimed = time.time()
     waiting = _cli(params_path, "materialize", "train", env=env)
     # The second run is started and blocked on the pool (two in-flight runs, one slot taken) before the kill.
     while len(instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))) < 2:
@@ -63,6 +64,7 @@ def test_a_waiting_run_frees_the_slot_of_a_killed_holder_and_finishes(tmp_path):
         time.sleep(0.5)
     time.sleep(3)
     assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1
+    print(f"killing the holder {time.time() - claimed:.1f}s after it claimed the gpu")
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
 
