@@ -10,8 +10,10 @@ from ens_assets_tests.tiny_plan import SHARED_PROJECT, write_params
 # Tests must never hit a hub: timm/huggingface downloads fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_USE_OLD_CACHE", "0")
-# Two cores: keep torch from oversubscribing when several processes run.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch thread per process (inherited by the CLI, Dagster step and dvc stage subprocesses): these models are
+# tiny, and two OpenMP threads spinning for each other beside the tests' other processes made training several
+# times slower on 2 cores (training/test_loop.py: 45 s of CPU with two threads, 12 s with one, same machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # --- shared tiny project: demo data -> manifest -> detections -> crops -> folds ------------------
