@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from ens_assets_tests.instance_home import make_dagster_home
+
 REPO = Path(__file__).resolve().parents[2]
 DVC_ENV = "ENS_ASSETS_DVC"
 
@@ -101,8 +103,7 @@ class DvcSandbox:
         gitignore = (REPO / ".gitignore").read_text() + "/.venv\n/.dvc-site-cache/\n"
         (self.root / ".gitignore").write_text(gitignore)
         shutil.copytree(REPO / "ens_assets", self.root / "ens_assets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        (self.root / "dagster_home").mkdir()
-        shutil.copy2(REPO / "dagster_home" / "dagster.yaml", self.root / "dagster_home" / "dagster.yaml")
+        make_dagster_home(self.root)
         (self.root / ".venv").symlink_to(REPO / ".venv", target_is_directory=True)
         self.write_params(params)
         self.git("init", "-q")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from itertools import combinations
@@ -17,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.orchestration import pool_assets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +25,7 @@ RUN_TIMEOUT_S = 180
 
 @pytest.fixture
 def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     records = tmp_path / "records"
     records.mkdir()

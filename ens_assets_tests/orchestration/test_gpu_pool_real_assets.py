@@ -1,25 +1,21 @@
 """The project's own training partitions, launched together as separate runs on a real SQLite instance with
 the multiprocess executor: no two `checkpoints` steps overlap, while a crops (CPU-only) step runs beside them."""
 
-import copy
 import os
-import shutil
 import subprocess
 import sys
 import time
 from itertools import combinations
-from pathlib import Path
 
 import pytest
-import yaml
-
 import dagster as dg
 
 from ens_assets.cli import StageRunner, _instance
 from ens_assets.defs.partitions import checkpoint_key
-from ens_assets_tests.test_pipeline import PARAMS
+from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
 
-REPO = Path(__file__).resolve().parents[2]
+SMOKE_EPOCHS = 12
 
 
 def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -33,19 +29,30 @@ def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tupl
     return {step: (starts[step], ends[step]) for step in starts if step in ends}
 
 
+def _outputs(procs: list[subprocess.Popen], timeout_s: float) -> list[str]:
+    """Every process's output once all have exited; past the deadline, all are killed and their output tails shown."""
+    deadline = time.time() + timeout_s
+    try:
+        return [p.communicate(timeout=max(1.0, deadline - time.time()))[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = "\n".join(f"--- {' '.join(p.args[-2:])} ---\n{(p.communicate(timeout=30)[0] or '')[-3000:]}" for p in procs)
+        raise AssertionError(f"the runs did not all finish within {timeout_s}s:\n{tails}") from None
+
+
 @pytest.mark.slow
 def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, monkeypatch):
-    params = copy.deepcopy(PARAMS)
-    params["members"] = params["members"][:2] + [{**params["members"][0], "recipe": "mixup"}]
-    # Long enough that a crops run launched once training holds the gpu (about 15 s to start its step
-    # process here) still finds a training step running.
-    params["training"]["smoke"] = {"epochs": 40, "time_budget_s": 60, "patience": 40}
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(params))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # A crops run launched once training holds the gpu takes about 15 s to start its step process on 2 cores;
+    # three training steps of SMOKE_EPOCHS each (about 12 s each there) leave it a window three times that long.
+    # Epochs, not a time budget, bound them: on a loaded machine the window grows as the crops run's start slows.
+    params = tiny_plan(
+        data={"demo": {"seed": 3, "train_images_per_class": 12, "test_images_per_class": 3}},
+        training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(SMOKE_EPOCHS, time_budget_s=300)},
+        members=[member(0.05), member(0.2, "mixup"), member(0.05, "mixup")],
+    )
+    params_path = write_params(tmp_path, params)
+    monkeypatch.setenv("DAGSTER_HOME", str(make_dagster_home(tmp_path)))
     monkeypatch.setenv("ENS_ASSETS_PARAMS", str(params_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
@@ -69,7 +76,7 @@ def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, m
         time.sleep(0.2)
     launches.append(("crops_job", runner.plan.threshold_keys[0]))
     procs.append(launch(*launches[-1]))
-    outputs = [p.communicate(timeout=420)[0] for p in procs]
+    outputs = _outputs(procs, timeout_s=420)
     run_ids = [out.strip().splitlines()[-1] for out in outputs]
 
     instance = _instance()
@@ -78,6 +85,9 @@ def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, m
         assert proc.returncode == 0, out
         intervals = _step_intervals(instance, run_id)
         (gpu if job == "checkpoints_job" else cpu).append(intervals["checkpoints" if job == "checkpoints_job" else "crops"])
+    first = min(start for start, _ in gpu + cpu)
+    print("gpu steps (s):", [(round(a - first, 1), round(b - first, 1)) for a, b in sorted(gpu)],
+          "crops step (s):", [(round(a - first, 1), round(b - first, 1)) for a, b in cpu])
     assert len(gpu) == 3
     overlapping = [(a, b) for a, b in combinations(gpu, 2) if a[0] < b[1] and b[0] < a[1]]
     assert not overlapping, f"two training steps held the gpu at once: {overlapping}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 from ens_assets.plan import SMOKE_FOLD, load_plan
 
+from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.orchestration.test_selection import EVERY_ASSET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,8 +69,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def webserver(tiny_params: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("webserver_home")
-    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(tmp_path_factory.mktemp("webserver"))
     log_path = home / "webserver.log"
     port = _free_loopback_port()
     url = f"http://127.0.0.1:{port}"

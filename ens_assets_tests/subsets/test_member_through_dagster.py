@@ -2,8 +2,6 @@
 SQLite instance (smoke -> k folds -> OOF/test predictions) with the standard sidecar, verdict and MLflow run."""
 
 import json
-import shutil
-from pathlib import Path
 
 import mlflow
 import polars as pl
@@ -17,10 +15,10 @@ from ens_assets.plan import plan_from_dict
 from ens_assets.subsets.member_training import SCORES_FILE, SCORES_KEY_FILE, SCORES_PLOT_FILE
 from ens_assets.member_runs import train_member_fold
 from ens_assets.training.run import checkpoint_is_fresh, checkpoint_spec
+from ens_assets_tests.instance_home import make_dagster_home
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SUBSET = "test_resnet.t005.geo.subset"
 SUBSET_SETTINGS = {"fraction": 0.5, "copies": 2, "phases": 1, "total_epochs": 6, "score_seeds": [0], "batch_size": 16}
 
@@ -55,9 +53,7 @@ PARAMS = {
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
     root = tmp_path_factory.mktemp("subset_project")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
