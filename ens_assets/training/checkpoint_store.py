@@ -50,14 +50,8 @@ class FoldModel:
     spec: FoldModelSpec
     state_dict: dict  # name -> torch.Tensor, loaded from model.safetensors
     sidecar: dict[str, Any]
-
-    def build(self, device: Any = "cpu"):
-        """The fold's timm model with its weights, in eval mode on `device`."""
-        from ens_assets.training.models import create_member_model
-
-        model = create_member_model(self.spec.architecture, len(self.spec.classes), None)
-        model.load_state_dict(self.state_dict)
-        return model.to(device).eval()
+    # The model: training.models.create_member_model(spec.architecture, len(spec.classes), None), then
+    # load_state_dict(state_dict). Built by the caller: the store reads files and never imports the model factory.
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ def test_predict_rebuilds_each_fold_model_from_the_store_alone(trained_project):
     import torch.nn.functional as F
 
     from ens_assets.training.checkpoint_store import CheckpointStore
+    from ens_assets.training.models import create_member_model
 
     plan, _, results = trained_project
     member = plan.members[0]
@@ -159,7 +160,9 @@ def test_predict_rebuilds_each_fold_model_from_the_store_alone(trained_project):
         x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", antialias=True) if x.shape[-1] != spec.image_size else x
         x = (x - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
         with torch.inference_mode():
-            probs = torch.softmax(fold_model.build()(x), dim=1).numpy()
+            model = create_member_model(spec.architecture, len(spec.classes), None)
+            model.load_state_dict(fold_model.state_dict)
+            probs = torch.softmax(model.eval()(x), dim=1).numpy()
         per_image = pl.DataFrame({"image_id": rows["image_id"]}).with_columns(
             [pl.Series(c, probs[:, i]) for i, c in enumerate(spec.classes)]).group_by("image_id").mean()
         expected = held_out.sort("image_id").select(spec.classes).to_numpy()
