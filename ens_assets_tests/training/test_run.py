@@ -154,6 +154,9 @@ def test_predict_rebuilds_each_fold_model_from_the_store_alone(trained_project):
         spec, fold = fold_model.spec, fold_model.spec.fold
         assert (spec.architecture, spec.fingerprint, spec.mlflow_run_id) == (member.backbone, result.fingerprint, result.mlflow_run_id)
         assert spec.image_size == plan.image_size(member) and spec.crop["threshold"] == "0.05" and len(spec.mean) == 3
+        # New sidecars carry the inference block; one saved before it existed gets the same from its spec.
+        older = {k: v for k, v in fold_model.sidecar.items() if k != "inference"}
+        assert "inference" in fold_model.sidecar and store._spec_from(member.key, fold, older) == spec
         held_out = oof.filter(pl.col("fold") == int(fold))
         rows = index.filter(pl.col("image_id").is_in(held_out["image_id"].implode()))
         x = torch.from_numpy(images[rows["row"].to_numpy()]).permute(0, 3, 1, 2).float() / 255.0
