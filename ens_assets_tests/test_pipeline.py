@@ -116,6 +116,12 @@ def test_every_stage_materializes_through_dagster(materialized):
     assert (plan.ensemble_dir / "submission.csv").is_file()
     assert (plan.diagnostics_dir / "roadmap.md").read_text().strip()
 
+    # Runs of the workspace's code location (not origin-less in-process runs): the UI's timeline and job pages list them.
+    origins = {(r.remote_job_origin.location_name, r.remote_job_origin.repository_origin.repository_name)
+               for r in runner.instance.get_runs() if r.remote_job_origin is not None}
+    assert origins == {("ens_assets.definitions", "__repository__")}
+    assert all(r.remote_job_origin is not None for r in runner.instance.get_runs())
+
     materialized_keys = runner.instance.get_materialized_partitions(dg.AssetKey("checkpoints"))
     assert str(checkpoint_key(GOOD_A, "1")) in materialized_keys
     assert str(checkpoint_key(DIVERGES, "0")) not in materialized_keys
@@ -306,9 +312,19 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
             smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
             ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
             ensemble = ui.screenshot("ui-ensemble.png", scroll_to="members")
+        query = ("{ runsOrError { ... on Runs { results { jobName tags { key value } "
+                 "repositoryOrigin { repositoryLocationName } } } } }")
+        request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        results = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]["runsOrError"]["results"]
+        # The CLI's runs (other tests here add runs of their own, in process or by hand).
+        runs = [r for r in results if {"key": "ens_assets/launcher", "value": "cli"} in r["tags"]]
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"{url}/server_info", timeout=5)  # dagster dev and its children are gone
 
+    # The CLI's runs belong to the code location the UI serves (so the Overview timeline and Jobs history show them).
+    assert runs and {r["repositoryOrigin"]["repositoryLocationName"] for r in runs if r["repositoryOrigin"]} == {"ens_assets.definitions"}
+    assert all(r["repositoryOrigin"] for r in runs), [r["jobName"] for r in runs if not r["repositoryOrigin"]]
     assert all(asset in graph_text for asset in ("manifest", "crops", "checkpoints", "oof_predictions", "ensemble"))
     assert "FAILED: " + verdict["reasons"][0] in smoke_text
     assert "http://127.0.0.1:5000/#/experiments/" in ensemble_text
