@@ -213,7 +213,7 @@ def instance(stack):
 @pytest.fixture(scope="module")
 def backfill(stack, instance):
     """Smoke checkpoints first (the cv folds' gate), in this process; then the backfill, then the daemon."""
-    from ens_assets.training.run import train_member_fold
+    from ens_assets.member_runs import train_member_fold
 
     t0 = time.time()
     _prepare_data(stack.params_path)
