@@ -9,6 +9,7 @@ one history.
     ens-assets report [--date D]     the morning report of a date (asset morning_report)
     ens-assets promote MEMBER        stage: cv for MEMBER in params.yaml (comments kept, validated)
     ens-assets apply-proposals       the latest report's proposals as a diff; --yes writes params.yaml
+    ens-assets predict IMAGES        classify new photos (folder or CSV) with the fitted ensemble
 """
 
 from __future__ import annotations
@@ -169,12 +170,13 @@ class StageRunner:
     def train(self) -> None:
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import cv_gate_problem, read_verdict
+        from ens_assets.promotion import cv_gate_problem
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
         for member in self.plan.members:
             self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
-            verdict = read_verdict(self.plan.checkpoint_dir(member.key, SMOKE_FOLD))
+            verdict = CheckpointStore(self.plan).verdict(member.key)
             if verdict is not None and not verdict.passed:
                 self.gate_reasons[member.key] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
@@ -209,11 +211,12 @@ class StageRunner:
                               "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
     def predict(self) -> None:
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("predict: OOF and test predictions per member")
+        store = CheckpointStore(self.plan)
         for member in self.plan.member_keys:
-            if not checkpoints_complete(self.plan, member):
+            if not store.complete(member):
                 self.out(f"  [skip] {member}: its checkpoints are not all there")
                 continue
             self._run("predictions_job", member, f"predictions {member}")
@@ -410,6 +413,35 @@ def _init(folder: Path, out_path: Path, force: bool, out=print) -> int:
     return _check_data(plan, out)
 
 
+def _predict_command(args) -> int:
+    from ens_assets.data.detections import DetectionsError
+    from ens_assets.inference.artefact import ArtefactError
+    from ens_assets.inference.batch import predict_batch
+    from ens_assets.inference.inputs import InputError
+    from ens_assets.plan import PlanError, load_plan
+
+    try:
+        needs_plan = args.ensemble == "latest" or args.ensemble.startswith("models:/") or args.out is None
+        plan = load_plan(args.params) if needs_plan or args.params.is_file() else None
+        out = args.out or plan.work / "predictions" / (args.images.stem or "images")
+        outputs = predict_batch(args.images, out, detections=args.detections, ensemble=args.ensemble, plan=plan,
+                                workers=args.workers, progress=True)
+    except (PlanError, ArtefactError, InputError, DetectionsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = outputs.summary
+    print(f"{summary['predicted']} of {summary['images']} photos classified ({summary['fallbacks']} on a full-frame "
+          f"fallback, {len(summary['quarantined'])} unreadable) at {summary['images_per_second']:.1f} images/s "
+          f"by ensemble {summary['ensemble']['version']} ({summary['ensemble']['method']})")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    for row in summary["quarantined"]:
+        print(f"unreadable: {row['image']}: {row['reason']}")
+    for name, path in outputs.paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ens-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
@@ -435,9 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("folder", type=Path, help="the folder holding your images (and labels / MegaDetector JSON)")
     init.add_argument("--out", type=Path, default=Path("params.yaml"), help="params file to write (default: params.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    predict = sub.add_parser("predict", parents=[after], help="classify new photos: predictions.csv + MegaDetector JSON")
+    predict.add_argument("images", type=Path, help="a folder of photos (searched recursively) or a CSV with a 'path' column")
+    predict.add_argument("--detections", type=Path, default=None, help="MegaDetector batch JSON of the photos "
+                         "(default: none, every member classifies the full frame)")
+    predict.add_argument("--ensemble", default="latest", help="latest (the plan's), an artefact folder, or models:/NAME/VERSION")
+    predict.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/predictions/<folder name>)")
+    predict.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: cores, at most 8)")
     args = parser.parse_args(argv)
     if args.command == "init":
         return _init(args.folder, args.out, args.force)
+    if args.command == "predict":
+        return _predict_command(args)
 
     from ens_assets.plan import PlanError, load_plan
 

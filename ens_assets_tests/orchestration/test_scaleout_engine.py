@@ -9,7 +9,6 @@ training steps apart: with ENS_ASSETS_SCALEOUT_GPU_CONCURRENCY=2 the overlap ass
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import os
@@ -36,7 +35,7 @@ from dagster._time import get_current_timestamp
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.plan import load_plan
 from ens_assets.scaleout_services import ServiceUnavailable, Stack, postgres_bin_dir, redis_server_binary
-from ens_assets_tests.conftest import TINY_PARAMS
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, SHARED_PROJECT, budget, member, merged
 
 # The module's services start once, in the first test's setup: a loaded machine needs more than the default 600 s.
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -55,17 +54,13 @@ TICK = datetime.datetime.now(datetime.timezone.utc).replace(hour=1, minute=0, se
 if TICK > datetime.datetime.now(datetime.timezone.utc):
     TICK -= datetime.timedelta(days=1)
 
-PARAMS = copy.deepcopy(TINY_PARAMS)
-PARAMS["crops"]["image_size"] = 16
-PARAMS["members"] = [
-    {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-    {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "cv"},
-]
-PARAMS["training"]["smoke"] = {"epochs": 1, "time_budget_s": 60, "patience": 1}
-PARAMS["training"]["cv"] = {"epochs": 1, "time_budget_s": 60, "patience": 1}
-# One epoch on a few images: the gate asks only for finite losses.
-PARAMS["promotion"] = {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False, "require_loss_decrease": False}
-PARAMS["schedules"] = {"timezone": "UTC", "nightly_cron": "0 1 * * *", "morning_cron": "0 7 * * *"}
+PARAMS = merged(SHARED_PROJECT, {
+    "crops": {"image_size": 16},
+    "members": [member(0.05), member(0.2, "mixup")],
+    "training": {"smoke": budget(1), "cv": budget(1)},
+    "promotion": FINITE_LOSS_GATE,
+    "schedules": {"timezone": "UTC", "nightly_cron": "0 1 * * *", "morning_cron": "0 7 * * *"},
+})
 
 
 def _progress(message: str) -> None:
