@@ -170,12 +170,13 @@ class StageRunner:
     def train(self) -> None:
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import cv_gate_problem, read_verdict
+        from ens_assets.promotion import cv_gate_problem
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
         for member in self.plan.members:
             self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
-            verdict = read_verdict(self.plan.checkpoint_dir(member.key, SMOKE_FOLD))
+            verdict = CheckpointStore(self.plan).verdict(member.key)
             if verdict is not None and not verdict.passed:
                 self.gate_reasons[member.key] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
@@ -210,11 +211,12 @@ class StageRunner:
                               "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
     def predict(self) -> None:
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("predict: OOF and test predictions per member")
+        store = CheckpointStore(self.plan)
         for member in self.plan.member_keys:
-            if not checkpoints_complete(self.plan, member):
+            if not store.complete(member):
                 self.out(f"  [skip] {member}: its checkpoints are not all there")
                 continue
             self._run("predictions_job", member, f"predictions {member}")

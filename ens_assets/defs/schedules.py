@@ -57,13 +57,14 @@ def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[d
     Smoke runs always come before k-fold runs; a member's cv folds are requested only once its smoke
     checkpoint passed the gate (cv_gate_problem), so a member that failed smoke is never scheduled for k-fold.
     """
-    from ens_assets.member_outputs import member_cost
     from ens_assets.promotion import cv_gate_problem
+    from ens_assets.training.checkpoint_store import CheckpointStore
     from ens_assets.training.run import checkpoint_is_fresh
 
     wanted: list[tuple[tuple, str, str]] = []
+    store = CheckpointStore(plan)
     for member in plan.members:
-        cost = member_cost(plan, member.key)
+        cost = store.flops_per_image(member.key)
         for fold in plan.checkpoint_folds(member):
             if fold != SMOKE_FOLD and cv_gate_problem(plan, member.key, fold):
                 continue
@@ -134,14 +135,15 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
     )
     def morning_predictions(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
         plan_now = plan_resource.load()
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
+        store = CheckpointStore(plan_now)
         busy = in_flight_partitions(context.instance, "predictions_job")
         morning = _tick_date(context)
         requests = [
             dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(m), "ens_assets/member": m})
             for m in plan_now.member_keys
-            if m not in busy and checkpoints_complete(plan_now, m)
+            if m not in busy and store.complete(m)
         ]
         return requests or dg.SkipReason("no member has a complete set of checkpoints that is not already being predicted")
 
