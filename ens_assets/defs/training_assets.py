@@ -79,9 +79,9 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         if result.mlflow_run_id:
             metadata["mlflow_run_id"] = result.mlflow_run_id
         metadata["mlflow_tracking_uri"] = tracking.uri
-        confusion_png = result.checkpoint_dir / "confusion_matrix.png"
-        if confusion_png.is_file():
-            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png.read_bytes(), "confusion matrix"))
+        confusion_png = store.confusion_png(member, fold)
+        if confusion_png is not None:
+            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
         if fold == SMOKE_FOLD:
             verdict = store.verdict(member)
