@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from ens_assets.subsets.config import GradScope
+from ens_assets.plan import GradScope
 from ens_assets.subsets.in_memory_training import (
     TrainFn,
     as_image_tensor,

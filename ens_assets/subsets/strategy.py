@@ -25,7 +25,7 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import atomic_path, write_json, write_parquet
-from ens_assets.subsets.config import SubsetEnsembleConfig, epoch_plan
+from ens_assets.plan import SubsetEnsembleConfig
 from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import (
     TrainFn,
@@ -61,6 +61,20 @@ def selection_split(labels: np.ndarray, fraction: float, seed: int,
         splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=int(seed) % (2**32))
         train_idx, select_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
     return np.sort(train_idx), np.sort(select_idx)
+
+
+def epoch_plan(cfg: SubsetEnsembleConfig) -> list[tuple[int, int]]:
+    """(base_epochs, epochs_per_copy) for each phase; the sums never exceed cfg.total_epochs.
+
+    Phases split the budget evenly (earlier phases take the remainder); in a phase the copies share
+    half of it equally and the base gets the rest.
+    """
+    plan = []
+    for phase in range(cfg.phases):
+        budget = cfg.total_epochs // cfg.phases + (1 if phase < cfg.total_epochs % cfg.phases else 0)
+        per_copy = (budget // 2) // cfg.copies
+        plan.append((budget - per_copy * cfg.copies, per_copy))
+    return plan
 
 
 def train_subset_ensemble(
