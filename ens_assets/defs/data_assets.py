@@ -94,7 +94,7 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
         refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
-        from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
+        from ens_assets.data.detections import detector_from_megadetector, no_detector_table, read_detections
 
         plan = plan_resource.load()
         frame_manifest = pl.read_parquet(plan.manifest_path)
@@ -115,7 +115,8 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             return dg.MaterializeResult(
                 metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
             )
-        json_path = resolve_detections_json(plan, frame_manifest)
+        # The configured (or demo) file, or one MegaDetector writes into the workdir.
+        json_path = plan.detections_json or detector_from_megadetector(frame_manifest, plan)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
         write_parquet(plan.detections_path, frame)

@@ -15,16 +15,13 @@ decision reads it, so the OOF predictions it is scored with are untouched by sou
 from __future__ import annotations
 
 import copy
-import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from ens_assets.atomic import atomic_path, write_json, write_parquet
 from ens_assets.plan import SubsetEnsembleConfig
 from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import (
@@ -32,10 +29,10 @@ from ens_assets.subsets.in_memory_training import (
     as_image_tensor,
     as_label_tensor,
     create_seeded_model,
-    cross_entropy_train_fn,
     mean_log_loss,
 )
 from ens_assets.subsets.soup import average_state_dicts, greedy_soup, recompute_batchnorm
+from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.strata import random_subset, stratified_difficulty_subsets
 
 
@@ -97,8 +94,8 @@ def train_subset_ensemble(
     """Train one subset-ensemble model; returns (merged model in eval mode, JSON-ready report).
 
     `scores`: difficulty scores of the training images (the frame `difficulty_scores` returns, or a
-    1-D array in image order); computed here when None. `train_fn` defaults to the plain
-    cross-entropy trainer with cfg.batch_size. `initial_model` (e.g. pretrained weights; left
+    1-D array in image order); computed here when None. `train_fn` defaults to the standard loop with
+    its plainest recipe and cfg.batch_size (standard_loop.default_train_fn). `initial_model` (e.g. pretrained weights; left
     untouched) is the first base's starting point; default: a random init seeded with `seed`.
     `selection_images/labels`: the slice of the training split soups are chosen on; when None, a
     `cfg.selection_fraction` slice of the training images is held out here. `val_images/labels` (the
@@ -124,7 +121,8 @@ def train_subset_ensemble(
         raise ValueError("the selection slice is empty; soups are chosen on held-out training images")
     bn_rows = np.random.default_rng(_derived_seed(seed, 0, 99)).permutation(len(images))[:cfg.bn_images]
     bn_images = images[np.sort(bn_rows)]
-    train = train_fn or functools.partial(cross_entropy_train_fn, batch_size=cfg.batch_size)
+    # The default picks each call's best epoch on the selection slice, like every other decision here.
+    train = train_fn or default_train_fn(num_classes, select_images, select_labels, batch_size=cfg.batch_size)
     strata_labels = labels.numpy() if cfg.class_balanced else None
 
     scores_started = time.perf_counter()
@@ -242,21 +240,6 @@ def aligned_scores(scores: pl.DataFrame | np.ndarray, num_images: int, column: s
     if values.shape != (num_images,):
         raise ValueError(f"scores has shape {values.shape}; expected ({num_images},), one per training image")
     return values
-
-
-def write_subset_ensemble(out_dir: str | Path, model: torch.nn.Module, report: dict[str, Any],
-                          scores: pl.DataFrame | None = None) -> dict[str, Path]:
-    """Write model.safetensors, report.json (and scores.parquet) atomically into out_dir."""
-    from safetensors.torch import save_model
-
-    out = Path(out_dir)
-    paths = {"weights": out / "model.safetensors", "report": out / "report.json"}
-    with atomic_path(paths["weights"], suffix=".safetensors") as tmp:
-        save_model(model, str(tmp))
-    write_json(paths["report"], report)
-    if scores is not None:
-        paths["scores"] = write_parquet(out / "scores.parquet", scores)
-    return paths
 
 
 def _derived_seed(seed: int, phase: int, role: int) -> int:
