@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ens_assets.mlflow_store import Tracking
 from ens_assets.plan import Plan
 from ens_assets.subsets.member_training import train_subset_fold
 from ens_assets.training.run import (
@@ -24,9 +25,12 @@ from ens_assets.training.run import (
 )
 
 
-def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print) -> CheckpointResult:
+def train_member_fold(
+    plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print, tracking: Tracking | None = None
+) -> CheckpointResult:
     """Train (or skip when fresh) one checkpoint partition: train on the other folds' crops, validate
-    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run."""
+    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run to `tracking`
+    (default: mlflow_store.resolve_tracking(plan))."""
     run = open_fold(plan, member_key, fold)
     skipped = fresh_result(run, log)
     if skipped is not None:
@@ -38,4 +42,5 @@ def train_member_fold(plan: Plan, member_key: str, fold: int | str, *, log: Call
     else:
         outcome, strategy = train_standard(run, arrays, log), None
     model, evaluation = evaluate_trained(run, outcome)
-    return record_checkpoint(run, outcome, evaluation, model, started_unix=started_unix, strategy=strategy, log=log)
+    return record_checkpoint(run, outcome, evaluation, model, started_unix=started_unix, strategy=strategy, log=log,
+                             tracking=tracking)

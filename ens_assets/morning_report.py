@@ -307,31 +307,3 @@ def build_morning_report(plan: Plan, date: str, events: Sequence[NightEvent], *,
         paths["ensemble_oof"] = write_parquet(out / OOF_FILE, ensemble["oof"])
     paths["summary"] = write_json(out / SUMMARY_FILE, summary)  # last: it marks the report complete
     return MorningReport(date, markdown, "\n".join(short), summary, proposals, paths)
-
-
-def log_report_to_mlflow(report: MorningReport, experiment: str, tracking_uri: str) -> str:
-    """One MLflow run per report: the markdown and proposals as artifacts, headline numbers as metrics."""
-    from mlflow import MlflowClient
-
-    from ens_assets.mlflow_store import experiment_id
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(experiment_id(client, tracking_uri, experiment), run_name=f"morning-report-{report.date}",
-                            tags={"ens_assets.kind": "morning_report", "ens_assets.date": report.date,
-                                  "mlflow.note.content": report.markdown[:5000]})
-    run_id = run.info.run_id
-    try:
-        ran = report.summary["ran"]
-        for key in ("trained", "skipped_fresh", "failed", "compute_minutes", "peak_memory_mb"):
-            client.log_metric(run_id, f"night/{key}", float(ran[key]))
-        if "ensemble" in report.summary:
-            client.log_metric(run_id, "ensemble/log_loss", float(report.summary["ensemble"]["log_loss"]))
-            client.log_metric(run_id, "delta/log_loss", float(report.summary["deltas"]["deltas"]["log_loss"]["value"]))
-        client.log_metric(run_id, "proposals", float(len(report.proposals)))
-        for path in report.paths.values():
-            client.log_artifact(run_id, str(path), artifact_path="morning_report")
-        client.set_terminated(run_id, "FINISHED")
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return run_id

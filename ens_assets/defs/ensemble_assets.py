@@ -1,9 +1,11 @@
 """Ensemble stage: combine members from their OOF predictions, score honestly, and map the gaps."""
 
 
+from dataclasses import replace
+
 import dagster as dg
 
-from ens_assets.atomic import write_json
+from ens_assets import mlflow_store
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
@@ -21,7 +23,7 @@ def build_ensemble_assets(
         refuse_failed_inputs(context)
         import polars as pl
 
-        from ens_assets.ensemble.build import build_ensemble, log_ensemble_to_mlflow
+        from ens_assets.ensemble.build import build_ensemble
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
@@ -39,13 +41,13 @@ def build_ensemble_assets(
             outputs.oof, outputs.test, outputs.classes, outputs.info, plan.ensemble, plan.ensemble_dir,
             submission_format="conservision", groups=image_sites(plan), test_labels=outputs.test_labels,
         )
-        tracking_uri = mlflow_tracking.activate(plan)
+        tracking = mlflow_tracking.resolve(plan)
         member_runs = {m: ",".join(info["mlflow_run_ids"]) for m, info in outputs.info.items()}
-        run_id = log_ensemble_to_mlflow(result, None, member_runs, plan.tracking.experiment, tracking_uri)
+        run_id = mlflow_store.log_ensemble_run(tracking, result, None, member_runs)
         context.log.info(result.test_split_note)
-        run_page = _mlflow_run_page(plan, tracking_uri, run_id)
+        run_page = tracking.run_page(run_id)
         # The diagnostics asset logs its plots into this same run.
-        write_json(plan.ensemble_dir / "mlflow_run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
+        mlflow_store.write_run_record(plan.ensemble_dir, tracking, run_id)
         return dg.MaterializeResult(
             metadata={
                 **table_metadata(_headline(result.scores, result.spec["method"])),
@@ -88,13 +90,10 @@ def build_ensemble_assets(
         nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
         diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
                                         nested_oof=nested_oof, scores=pl.read_parquet(plan.ensemble_dir / "scores.parquet"))
-        run = json.loads((plan.ensemble_dir / "mlflow_run.json").read_text())
-        mlflow_tracking.activate(plan)
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=run["tracking_uri"])
-        for path in diagnostics.paths.values():
-            client.log_artifact(run["run_id"], str(path), artifact_path="diagnostics")
+        run = mlflow_store.read_run_record(plan.ensemble_dir)
+        # Into the ensemble's own run, in the store it was logged to (the record names it).
+        tracking = replace(mlflow_tracking.resolve(plan), uri=run["tracking_uri"])
+        mlflow_store.log_files(tracking, run["run_id"], diagnostics.paths.values(), artifact_path="diagnostics")
         return dg.MaterializeResult(
             metadata={
                 "roadmap": dg.MetadataValue.md(diagnostics.roadmap),
@@ -191,14 +190,3 @@ def _headline(scores, method: str) -> dict[str, float]:
                 if row.get(column) is not None:
                     out[f"{row['name']}/{column}"] = round(float(row[column]), 4)
     return out
-
-
-def _mlflow_run_page(plan: Plan, tracking_uri: str, run_id: str) -> str:
-    """The ensemble run's page in the MLflow UI (an http address, like the checkpoints' links)."""
-    from mlflow import MlflowClient
-
-    from ens_assets.mlflow_store import run_url
-    from ens_assets.training.tracking import ui_address
-
-    experiment = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
-    return run_url(ui_address(plan, tracking_uri), experiment, run_id)

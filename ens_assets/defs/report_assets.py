@@ -60,13 +60,14 @@ def build_report_assets(plan: Plan, ensemble_diagnostics: dg.AssetsDefinition) -
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """What the night ran, every smoke verdict, the ensemble before/after with intervals, and proposals."""
-        from ens_assets.morning_report import build_morning_report, log_report_to_mlflow, window_start
+        from ens_assets.mlflow_store import log_report_run
+        from ens_assets.morning_report import build_morning_report, window_start
 
         plan = plan_resource.load()
         date = context.partition_key
         events = night_events(context.instance, window_start(plan, date))
         report = build_morning_report(plan, date, events)
-        run_id = log_report_to_mlflow(report, plan.tracking.experiment, mlflow_tracking.activate(plan))
+        run_id = log_report_run(mlflow_tracking.resolve(plan), report)
         ran = report.summary["ran"]
         return dg.MaterializeResult(metadata={
             "report": dg.MetadataValue.md(report.markdown),

@@ -62,8 +62,8 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         problem = cv_gate_problem(plan, member, fold)
         if problem:
             raise dg.Failure(description=problem, allow_retries=False)
-        tracking_uri = mlflow_tracking.activate(plan)
-        result = train_member_fold(plan, member, fold, log=context.log.info)
+        tracking = mlflow_tracking.resolve(plan)
+        result = train_member_fold(plan, member, fold, log=context.log.info, tracking=tracking)
         sidecar = read_sidecar(result.checkpoint_dir) or {}
         metadata = {
             "member": member,
@@ -77,7 +77,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
             metadata["mlflow_run"] = dg.MetadataValue.url(result.mlflow_url)
         if result.mlflow_run_id:
             metadata["mlflow_run_id"] = result.mlflow_run_id
-        metadata["mlflow_tracking_uri"] = tracking_uri
+        metadata["mlflow_tracking_uri"] = tracking.uri
         confusion_png = result.checkpoint_dir / "confusion_matrix.png"
         if confusion_png.is_file():
             metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png.read_bytes(), "confusion matrix"))

@@ -1,13 +1,10 @@
-"""Entry points the Dagster layer calls: build the ensemble + submission, diagnose it, log it to MLflow.
+"""Entry points the Dagster layer calls: build the ensemble + submission, and diagnose it (mlflow_store logs both).
 
 Every file is written atomically, so a killed step leaves the previous outputs or the new ones.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +12,6 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from ens_assets import mlflow_store
 from ens_assets.atomic import atomic_path, write_bytes, write_json, write_parquet, write_text
 from ens_assets.ensemble.calibration import apply_temperature, reliability_bins
 from ens_assets.ensemble.combiners import METHODS, combiner_from_spec
@@ -264,71 +260,6 @@ def build_diagnostics(
         recall.write_csv(tmp)
     paths["per_class_recall"] = out_dir / "per_class_recall.csv"
     return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths, shifted)
-
-
-def _metric_key(text: str) -> str:
-    # MLflow keys allow alphanumerics, '_', '-', '.', ' ', '/'.
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
-
-
-def log_ensemble_to_mlflow(
-    result: EnsembleResult,
-    diagnostics: DiagnosticsResult | None,
-    member_run_ids: dict[str, str],
-    experiment: str,
-    tracking_uri: str | None = None,
-) -> str:
-    """Log the ensemble as its own MLflow run: comparison metrics, member run links, files; return run id.
-
-    The tracking URI is $MLFLOW_TRACKING_URI when set, else `tracking_uri`.
-    """
-    from mlflow import MlflowClient  # deferred: importing mlflow is slow
-    from mlflow.entities import Metric, Param
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
-    if not uri:
-        raise ValueError("no MLflow tracking URI: set MLFLOW_TRACKING_URI or pass tracking_uri "
-                         "(e.g. 'sqlite:///mlruns.db' from plan.tracking.default_store)")
-    client = MlflowClient(tracking_uri=uri)
-    spec = result.spec
-    members = spec["members"]
-    note = "\n".join([f"Ensemble `{spec['method']}` over {len(members)} members.", "", "Member runs:"]
-                     + [f"- `{m}`: run `{member_run_ids.get(m, 'unknown')}`" for m in members])
-    tags = {"ens_assets.kind": "ensemble", "ens_assets.method": spec["method"], "mlflow.note.content": note}
-    tags.update({f"member_run.{_metric_key(m)}": rid for m, rid in member_run_ids.items() if rid})
-    run = client.create_run(mlflow_store.experiment_id(client, uri, experiment), run_name=f"ensemble-{spec['method']}",
-                            tags=tags)
-    run_id = run.info.run_id
-    try:
-        params = {"method": spec["method"], "n_members": len(members), "nested": spec.get("nested"),
-                  "test_images": spec.get("test_images", 0),
-                  "members": ",".join(members)[:6000], "n_classes": len(spec["classes"])}
-        params.update({f"weight.{_metric_key(m)}": round(w, 6) for m, w in spec["weights"].items()})
-        params.update({f"member_run.{_metric_key(m)}": member_run_ids.get(m) or "none" for m in members})
-        metrics = []
-        for row in result.scores.iter_rows(named=True):
-            for column in ("log_loss", "accuracy", "in_sample_log_loss", "in_sample_accuracy", "test_log_loss",
-                           "test_accuracy"):
-                metrics.append((f"{column}/{_metric_key(row['name'])}", row.get(column)))
-        for name, test in result.metrics.get("test", {}).items():
-            metrics += [(f"test_recall/{_metric_key(name)}/{_metric_key(c)}", r) for c, r in test["recall"].items()]
-        chosen = result.metrics["ensemble"]
-        metrics += [("log_loss", chosen["log_loss"]), ("accuracy", chosen["accuracy"]),
-                    ("flops_per_image", chosen["flops_per_image"])]
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics if v is not None],
-            params=[Param(k, str(v)) for k, v in params.items()],
-        )
-        files = list(result.paths.values()) + (list(diagnostics.paths.values()) if diagnostics else [])
-        for path in files:
-            client.log_artifact(run_id, str(path))
-        client.set_terminated(run_id, "FINISHED")
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return run_id
 
 
 def _paired_vs(scored, y: np.ndarray, method: str, reference: str) -> dict[str, float]:

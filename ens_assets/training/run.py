@@ -19,6 +19,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from ens_assets import mlflow_store
 from ens_assets.atomic import write_parquet
 from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
@@ -30,7 +31,6 @@ from ens_assets.training.loop import TrainOutcome, train_member_model
 from ens_assets.training.metrics import probability_metrics, write_confusion_matrix
 from ens_assets.training.models import count_parameters, create_member_model, flops_per_image
 from ens_assets.training.predict import per_image_mean, predict_proba
-from ens_assets.training.tracking import log_checkpoint_run
 
 RECOVERY_SUBDIR = "recovery"
 
@@ -80,7 +80,7 @@ def checkpoint_spec(plan: Plan, member: Member | str, fold: int | str) -> dict[s
 # layer above). MLflow logging does not change a checkpoint, and the subset-ensemble trainer runs only for
 # subset members, so an edit to either retrains nothing else.
 TRAINING_CODE_ROOT = "ens_assets.member_runs"
-_REPORTING_ONLY = ("ens_assets.training.tracking",)
+_REPORTING_ONLY = ("ens_assets.mlflow_store",)
 _SUBSET_TRAINER = "ens_assets.subsets.member_training"
 
 
@@ -329,14 +329,16 @@ def record_checkpoint(
     started_unix: float,
     strategy: StrategyRecord | None = None,
     log: Callable[[str], Any] = print,
+    tracking: mlflow_store.Tracking | None = None,
 ) -> CheckpointResult:
-    """Log the MLflow run, then save the weights and their sidecar (the sidecar last: it marks a whole checkpoint)."""
+    """Log the MLflow run to `tracking` (default: mlflow_store.resolve_tracking(plan)), then save the weights and
+    their sidecar (the sidecar last: it marks a whole checkpoint)."""
     plan, member, fold_key, strategy = run.plan, run.member, run.fold_key, strategy or StrategyRecord()
     metrics = {**checkpoint_metrics(run, outcome, evaluation, model), **strategy.metrics}
     confusion_json, confusion_png = write_confusion_matrix(run.out_dir, evaluation.y_true, evaluation.y_pred, run.inputs.classes)
     spec = checkpoint_spec(plan, member, fold_key)
-    tracked = log_checkpoint_run(
-        plan,
+    tracked = mlflow_store.log_checkpoint_run(
+        tracking or mlflow_store.resolve_tracking(plan),
         tags={"member": member.key, "backbone": member.backbone, "threshold": threshold_key(member.threshold),
               "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "strategy": member.strategy,
               "fingerprint": run.fingerprint},

@@ -4,7 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ens_assets.ensemble.build import build_diagnostics, build_ensemble, log_ensemble_to_mlflow
+from ens_assets.ensemble.build import build_diagnostics, build_ensemble
+from ens_assets.mlflow_store import Tracking, log_ensemble_run
 from ens_assets.ensemble.tables import PredictionTableError
 from ens_assets.plan import EnsembleConfig
 from ens_assets_tests.ensemble.synthetic import CLASSES, planted_members
@@ -66,14 +67,16 @@ def test_test_images_missing_for_one_member_are_an_error_not_a_silent_drop(tmp_p
         build_ensemble(oof, planted_members(n=150)[1], CLASSES, {"a": INFO["a"], "b": INFO["b"]}, CFG, tmp_path)
 
 
-def test_log_ensemble_to_mlflow_records_a_linked_run(built, tmp_path, monkeypatch):
+def test_log_ensemble_run_records_a_linked_run(built, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # An environment pointing elsewhere is ignored: the store is the one passed.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     _, _, _, result, diagnostics = built
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     run_ids = {m: info["mlflow_run_id"] for m, info in INFO.items()}
-    run_id = log_ensemble_to_mlflow(result, diagnostics, run_ids, "ens-test", tracking_uri=uri)
+    run_id = log_ensemble_run(Tracking(uri, "ens-test"), result, diagnostics, run_ids)
+    assert not (tmp_path / "elsewhere.db").exists()
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["member_run.a"] == "run-a" and "member_run.c" not in run.data.tags

@@ -5,7 +5,6 @@ import mlflow
 
 from ens_assets import mlflow_store
 from ens_assets.plan import plan_from_dict
-from ens_assets.training.tracking import ui_address
 
 
 def test_checkpoint_run_links_to_the_mlflow_ui_page(trained_project):
@@ -21,8 +20,8 @@ def test_ui_address_follows_the_config_and_an_http_tracking_server(tmp_path):
     raw = tiny_plan_dict()
     raw["tracking"] = {**raw["tracking"], "ui_url": "http://mlflow.lab:8080"}
     plan = plan_from_dict(raw, tmp_path)
-    assert ui_address(plan, "sqlite:///x.db") == "http://mlflow.lab:8080"
-    assert ui_address(plan, "https://mlflow.internal") == "https://mlflow.internal"
+    assert mlflow_store.resolve_tracking(plan, "sqlite:///x.db").ui == "http://mlflow.lab:8080"
+    assert mlflow_store.resolve_tracking(plan, "https://mlflow.internal").ui == "https://mlflow.internal"
     assert mlflow_store.run_url("http://h:1/", "3", "abc") == "http://h:1/#/experiments/3/runs/abc"
 
 
