@@ -9,6 +9,7 @@ one history.
     ens-assets report [--date D]     the morning report of a date (asset morning_report)
     ens-assets promote MEMBER        stage: cv for MEMBER in params.yaml (comments kept, validated)
     ens-assets apply-proposals       the latest report's proposals as a diff; --yes writes params.yaml
+    ens-assets predict IMAGES        classify new photos (folder or CSV) with the fitted ensemble
 """
 
 from __future__ import annotations
@@ -44,6 +45,29 @@ def _instance():
         instance.event_log_storage.set_concurrency_slots(GPU_POOL, 1)
     reap_runs_of_dead_processes(instance)
     return instance
+
+
+def execute_against_code_location(job_def, instance, *, partition_key: str | None, tags: dict, run_config: dict):
+    """Execute a job in this process as a run of the workspace's code location (workspace.yaml).
+
+    `execute_in_process` records runs without a code location (repositoryOrigin null): the UI's Overview
+    timeline, Jobs history and "launched by" links never show them. The run is created with the origin the
+    webserver and daemon give this location (parsed from workspace.yaml, no code server started), then
+    executed here with the job's in-process executor, so a CLI run reads like one launched from the UI.
+    Uses Dagster internals (pinned to 1.13 in pyproject.toml) where no public API takes an origin.
+    """
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.execution.api import execute_run
+    from dagster._core.execution.execute_in_process import merge_run_tags
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    (location,) = location_origins_from_yaml_paths([str(REPO_ROOT / "workspace.yaml")])
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_def.name)
+    run_tags = merge_run_tags(job_def, partition_key, tags, None, instance, run_config)
+    run = instance.create_run_for_job(job_def, run_config=run_config, tags=run_tags, remote_job_origin=origin)
+    return execute_run(InMemoryJob(job_def), run, instance)
 
 
 class StageFailed(Exception):
@@ -91,10 +115,10 @@ class StageRunner:
         from ens_assets.runs.watchdog import run_tags
 
         started = time.perf_counter()
-        result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance,
-            partition_key=partition_key,
-            raise_on_error=False,
+        result = execute_against_code_location(
+            self.defs.resolve_job_def(job),
+            self.instance,
+            partition_key=None if partition_key is None else str(partition_key),
             tags={**run_tags(), **(tags or {})},
             # INFO keeps the per-epoch progress lines; traces go to the log file (and the console with --verbose).
             run_config=cli_logger_config(self.log_path, self.verbose),
@@ -391,6 +415,35 @@ def _init(folder: Path, out_path: Path, force: bool, out=print) -> int:
     return _check_data(plan, out)
 
 
+def _predict_command(args) -> int:
+    from ens_assets.data.detections import DetectionsError
+    from ens_assets.inference.artefact import ArtefactError
+    from ens_assets.inference.batch import predict_batch
+    from ens_assets.inference.inputs import InputError
+    from ens_assets.plan import PlanError, load_plan
+
+    try:
+        needs_plan = args.ensemble == "latest" or args.ensemble.startswith("models:/") or args.out is None
+        plan = load_plan(args.params) if needs_plan or args.params.is_file() else None
+        out = args.out or plan.work / "predictions" / (args.images.stem or "images")
+        outputs = predict_batch(args.images, out, detections=args.detections, ensemble=args.ensemble, plan=plan,
+                                workers=args.workers, progress=True)
+    except (PlanError, ArtefactError, InputError, DetectionsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = outputs.summary
+    print(f"{summary['predicted']} of {summary['images']} photos classified ({summary['fallbacks']} on a full-frame "
+          f"fallback, {len(summary['quarantined'])} unreadable) at {summary['images_per_second']:.1f} images/s "
+          f"by ensemble {summary['ensemble']['version']} ({summary['ensemble']['method']})")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    for row in summary["quarantined"]:
+        print(f"unreadable: {row['image']}: {row['reason']}")
+    for name, path in outputs.paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ens-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the plan (default: params.yaml)")
@@ -416,9 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("folder", type=Path, help="the folder holding your images (and labels / MegaDetector JSON)")
     init.add_argument("--out", type=Path, default=Path("params.yaml"), help="params file to write (default: params.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    predict = sub.add_parser("predict", parents=[after], help="classify new photos: predictions.csv + MegaDetector JSON")
+    predict.add_argument("images", type=Path, help="a folder of photos (searched recursively) or a CSV with a 'path' column")
+    predict.add_argument("--detections", type=Path, default=None, help="MegaDetector batch JSON of the photos "
+                         "(default: none, every member classifies the full frame)")
+    predict.add_argument("--ensemble", default="latest", help="latest (the plan's), an artefact folder, or models:/NAME/VERSION")
+    predict.add_argument("--out", type=Path, default=None, help="output folder (default: <workdir>/predictions/<folder name>)")
+    predict.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: cores, at most 8)")
     args = parser.parse_args(argv)
     if args.command == "init":
         return _init(args.folder, args.out, args.force)
+    if args.command == "predict":
+        return _predict_command(args)
 
     from ens_assets.plan import PlanError, load_plan
 

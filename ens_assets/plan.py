@@ -292,6 +292,20 @@ class TrackingConfig(_Strict):
     ui_url: str = "http://127.0.0.1:5000"
 
 
+class InferenceConfig(_Strict):
+    """Classifying new photos with the fitted ensemble (ens_assets.inference)."""
+
+    # The MLflow registered model every ensemble run adds a version to; null: log the model, register nothing.
+    registered_model: str | None = "ens-assets-ensemble"
+    # Folder of batch folders (one per SD card / deployment): each becomes a predictions partition.
+    inbox: str = "data/inbox"
+    # A batch is complete when this file is in its folder, or when nothing in it changed for settle_seconds.
+    complete_marker: str = "_READY"
+    settle_seconds: float = Field(60.0, ge=0.0)
+    batch_images: int = Field(64, ge=1)  # photos decoded and classified per step
+    workers: int | None = Field(None, ge=0)  # decoding processes; None = cores (at most 8), 0 = in process
+
+
 class ScheduleConfig(_Strict):
     # Whether nightly_training / morning_predictions start RUNNING (tick under `make ui`) or STOPPED;
     # a toggle in the UI overrides this for that instance.
@@ -313,6 +327,7 @@ class Plan(_Strict):
     promotion: PromotionConfig = PromotionConfig()
     tracking: TrackingConfig = TrackingConfig()
     schedules: ScheduleConfig = ScheduleConfig()
+    inference: InferenceConfig = InferenceConfig()
     # Where generated artifacts go; relative to params.yaml's folder.
     workdir: str = "data/work"
     # Folder params.yaml was loaded from; set by load_plan, not by users.

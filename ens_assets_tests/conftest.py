@@ -4,7 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
+
+from ens_assets_tests.tiny_plan import SHARED_PROJECT, write_params
 
 # Tests must never hit a hub: timm/huggingface downloads fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,49 +15,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 # --- shared tiny project: demo data -> manifest -> detections -> crops -> folds ------------------
-TINY_PARAMS = {
-    "data": {
-        "layout": "demo",
-        "root": "data/demo",
-        "detections": "data/demo/megadetector.json",
-        "demo": {
-            "seed": 0,
-            "train_images_per_class": 10,
-            "test_images_per_class": 3,
-            "train_sites": 6,
-            "test_sites": 2,
-            "frame_width": 96,
-            "frame_height": 72,
-        },
-    },
-    # min_size_px 4: at 96x72 a rodent box is ~8 px wide; the default 8 would make every small animal a fallback.
-    "crops": {"thresholds": [0.05, 0.2], "mode": "top", "square": True, "padding": 0.1, "min_size_px": 4, "image_size": 32},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {
-        "geo": {"hflip": 0.5, "scale": [0.6, 1.0], "label_smoothing": 0.1},
-        "mixup": {"hflip": 0.5, "scale": [0.6, 1.0], "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8},
-    },
-    "training": {
-        "batch_size": 16,
-        "warmup_epochs": 0,
-        "smoke": {"epochs": 2, "time_budget_s": 120, "patience": 3},
-        "cv": {"epochs": 2, "time_budget_s": 120, "patience": 3},
-    },
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "smoke"},
-    ],
-    "workdir": "work",
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_params(tmp_path_factory) -> Path:
     """A params.yaml for a tiny demo project in a session tmp dir (load with ens_assets.plan.load_plan)."""
     project = tmp_path_factory.mktemp("tiny_project")
-    path = project / "params.yaml"
-    path.write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
-    return path
+    return write_params(project, SHARED_PROJECT)
 
 
 @pytest.fixture(scope="session")

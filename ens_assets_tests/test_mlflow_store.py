@@ -53,7 +53,7 @@ def test_two_processes_creating_the_store_at_once_both_get_it(tmp_path):
 def test_tracking_is_resolved_once_explicit_first_and_sets_no_environment(tmp_path, monkeypatch):
     from ens_assets.defs.resources import MlflowTracking
     from ens_assets.plan import plan_from_dict
-    from ens_assets_tests.training.conftest import tiny_plan_dict
+    from ens_assets_tests.training.tiny_project import tiny_plan_dict
 
     plan = plan_from_dict(tiny_plan_dict(), tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -3,13 +3,11 @@ predictions -> ensemble -> diagnostics, then the nightly and morning schedules a
 
 import datetime
 import json
-import shutil
 import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -19,6 +17,8 @@ from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.defs.schedules import nightly_requests
 from ens_assets.defs.build import build_definitions
 from ens_assets.plan import load_plan
+from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
 
 REPO = Path(__file__).resolve().parent.parent
 TICK = datetime.datetime(2026, 11, 23, 1, 0, tzinfo=datetime.timezone.utc)
@@ -27,55 +27,25 @@ GOOD_A = "test_resnet.t005.geo"
 GOOD_B = "test_resnet.t020.mixup"
 DIVERGES = "test_resnet.t020.geo"
 
-PARAMS = {
-    "data": {
-        "layout": "demo",
-        "root": "demo",
-        "detections": "demo/megadetector.json",
-        "demo": {
-            "seed": 3,
-            "train_images_per_class": 12,
-            "test_images_per_class": 3,
-            "train_sites": 6,
-            "test_sites": 2,
-            "frame_width": 96,
-            "frame_height": 72,
-        },
-    },
-    "crops": {"thresholds": [0.05, 0.2], "image_size": 32},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {}, "mixup": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}},
-    "training": {
-        "batch_size": 16,
-        "lr": 0.003,
-        "smoke": {"epochs": 3, "time_budget_s": 60, "patience": 3},
-        "cv": {"epochs": 3, "time_budget_s": 60, "patience": 3},
-    },
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "cv"},
+PARAMS = tiny_plan(
+    data={"demo": {"seed": 3, "train_images_per_class": 12, "test_images_per_class": 3}},
+    training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(3), "cv": budget(3)},
+    members=[
+        member(0.05),
+        member(0.2, "mixup"),
         # An absurd learning rate: the loss blows up, the smoke gate fails, and k-fold never runs.
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv", "overrides": {"lr": 1.0e6}},
+        member(0.2, overrides={"lr": 1.0e6}),
     ],
     # Tiny data and three epochs: the gate asks only for a finite, decreasing loss here.
-    "promotion": {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
-    "ensemble": {"method": "greedy", "greedy_rounds": 10},
-    "workdir": "work",
-}
-
-
-def write_params(folder: Path, params: dict) -> Path:
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    promotion={"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
+    ensemble={"method": "greedy", "greedy_rounds": 10},
+)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("project")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    home = make_dagster_home(root)
     monkeypatch_module.setenv("DAGSTER_HOME", str(home))
     monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     return root
@@ -115,6 +85,12 @@ def test_every_stage_materializes_through_dagster(materialized):
     assert set(spec["members"]) <= {GOOD_A, GOOD_B}
     assert (plan.ensemble_dir / "submission.csv").is_file()
     assert (plan.diagnostics_dir / "roadmap.md").read_text().strip()
+
+    # Runs of the workspace's code location (not origin-less in-process runs): the UI's timeline and job pages list them.
+    origins = {(r.remote_job_origin.location_name, r.remote_job_origin.repository_origin.repository_name)
+               for r in runner.instance.get_runs() if r.remote_job_origin is not None}
+    assert origins == {("ens_assets.definitions", "__repository__")}
+    assert all(r.remote_job_origin is not None for r in runner.instance.get_runs())
 
     materialized_keys = runner.instance.get_materialized_partitions(dg.AssetKey("checkpoints"))
     assert str(checkpoint_key(GOOD_A, "1")) in materialized_keys
@@ -306,9 +282,19 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
             smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
             ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
             ensemble = ui.screenshot("ui-ensemble.png", scroll_to="members")
+        query = ("{ runsOrError { ... on Runs { results { jobName tags { key value } "
+                 "repositoryOrigin { repositoryLocationName } } } } }")
+        request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        results = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]["runsOrError"]["results"]
+        # The CLI's runs (other tests here add runs of their own, in process or by hand).
+        runs = [r for r in results if {"key": "ens_assets/launcher", "value": "cli"} in r["tags"]]
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"{url}/server_info", timeout=5)  # dagster dev and its children are gone
 
+    # The CLI's runs belong to the code location the UI serves (so the Overview timeline and Jobs history show them).
+    assert runs and {r["repositoryOrigin"]["repositoryLocationName"] for r in runs if r["repositoryOrigin"]} == {"ens_assets.definitions"}
+    assert all(r["repositoryOrigin"] for r in runs), [r["jobName"] for r in runs if not r["repositoryOrigin"]]
     assert all(asset in graph_text for asset in ("manifest", "crops", "checkpoints", "oof_predictions", "ensemble"))
     assert "FAILED: " + verdict["reasons"][0] in smoke_text
     assert "http://127.0.0.1:5000/#/experiments/" in ensemble_text

@@ -61,7 +61,9 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Settings:
+class CropSettings:
+    """One crop rule, as plain data: what the crop cache builds with and what inference applies to new images."""
+
     image_size: int
     padding: float
     square: bool
@@ -71,7 +73,16 @@ class _Settings:
     letterbox: bool = False  # whole frames padded to square (no detector) instead of stretched
 
 
-def crop_pixels(box: tuple[float, float, float, float], width: int, height: int, s: _Settings):
+_Settings = CropSettings  # the name the crop tests use
+
+
+def crop_settings(cfg: CropConfig, threshold: float | str, max_pixels: int) -> CropSettings:
+    """The crop rule of one crops partition: letterboxed whole frames for 'full', detection crops otherwise."""
+    return CropSettings(cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top",
+                        letterbox=threshold_key(threshold) == NO_DETECTOR_KEY)
+
+
+def crop_pixels(box: tuple[float, float, float, float], width: int, height: int, s: CropSettings):
     """Pixel rectangle (left, top, right, bottom) of a normalized box after padding and squaring,
     shifted inside the frame where it fits and clamped where it does not; None when too small."""
     x, y, w, h = box
@@ -94,7 +105,26 @@ def crop_pixels(box: tuple[float, float, float, float], width: int, height: int,
     return left, top, right, bottom
 
 
-def _process_chunk(args: tuple[list[_Job], _Settings]):
+def image_crops(image: Image.Image, boxes, s: CropSettings) -> list[tuple[np.ndarray, tuple | None]]:
+    """The crops of one decoded image under one rule: (uint8 S x S x 3, the (conf, x, y, w, h) box used), or
+    one full-frame fallback with box None when no box (best first) is large enough."""
+    size = (s.image_size, s.image_size)
+    out: list[tuple[np.ndarray, tuple | None]] = []
+    for box in boxes:
+        rect = crop_pixels(box[1:], image.width, image.height, s)
+        if rect is None:
+            continue
+        out.append((np.asarray(image.resize(size, Image.BILINEAR, box=rect)), tuple(box)))
+        if s.top_only:  # the best box that is large enough; runners-up only stand in for tiny ones
+            break
+    if out:
+        return out
+    if s.letterbox:
+        return [(np.asarray(ImageOps.pad(image, size, Image.BILINEAR, color=_LETTERBOX_FILL)), None)]
+    return [(np.asarray(image.resize(size, Image.BILINEAR)), None)]
+
+
+def _process_chunk(args: tuple[list[_Job], CropSettings]):
     """Worker: crops for a chunk of images -> (uint8 array, index rows, quarantine rows)."""
     jobs, s = args
     size = (s.image_size, s.image_size)
@@ -108,30 +138,20 @@ def _process_chunk(args: tuple[list[_Job], _Settings]):
         except ImageProblem as problem:
             quarantine.append({"image_id": job.image_id, "rel_path": job.rel_path, "split": job.split, "reason": problem.reason})
             continue
-        image = Image.fromarray(pixels)
-        used = False
-        for conf, x, y, w, h in job.boxes:
-            rect = crop_pixels((x, y, w, h), image.width, image.height, s)
-            if rect is None:
-                continue
-            crops.append(np.asarray(image.resize(size, Image.BILINEAR, box=rect)))
-            rows.append({**base, "source": "detection", "conf": conf, "x": x, "y": y, "w": w, "h": h})
-            used = True
-            if s.top_only:  # the best box that is large enough; runners-up only stand in for tiny ones
-                break
-        if not used and s.letterbox:
-            crops.append(np.asarray(ImageOps.pad(image, size, Image.BILINEAR, color=_LETTERBOX_FILL)))
-            rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
-        elif not used:
-            crops.append(np.asarray(image.resize(size, Image.BILINEAR)))
-            rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
+        for pixels_of_crop, box in image_crops(Image.fromarray(pixels), job.boxes, s):
+            crops.append(pixels_of_crop)
+            if box is None:
+                rows.append({**base, "source": "fallback", "conf": None, "x": None, "y": None, "w": None, "h": None})
+            else:
+                conf, x, y, w, h = box
+                rows.append({**base, "source": "detection", "conf": conf, "x": x, "y": y, "w": w, "h": h})
     array = np.stack(crops) if crops else np.zeros((0, *size, 3), dtype=np.uint8)
     return array, rows, quarantine
 
 
-def _jobs(
-    manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)
-) -> list[_Job]:
+def usable_boxes(detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)) -> dict[str, list[tuple]]:
+    """image_id -> its croppable boxes (conf, x, y, w, h), best first: usable detections of the cropped
+    categories at or above the threshold (a detection with a problem never is)."""
     usable = detections.filter(
         (pl.col("status") == "ok")
         & pl.col("category").is_in(list(categories))
@@ -141,6 +161,13 @@ def _jobs(
     boxes: dict[str, list[tuple]] = {}
     for image_id, conf, x, y, w, h in usable.select("image_id", "conf", "x", "y", "w", "h").iter_rows():
         boxes.setdefault(image_id, []).append((conf, x, y, w, h))
+    return boxes
+
+
+def _jobs(
+    manifest: pl.DataFrame, detections: pl.DataFrame, threshold: float, categories: tuple[str, ...] = ("animal",)
+) -> list[_Job]:
+    boxes = usable_boxes(detections, threshold, categories)
     jobs = []
     for row in manifest.iter_rows(named=True):
         candidates = boxes.get(row["image_id"], [])
@@ -189,9 +216,7 @@ def build_crop_cache(
     label_rows = quarantine_frame([]) if label_rows is None else label_rows.select(list(QUARANTINE_SCHEMA))
     out_dir = Path(out_dir)
     whole_frames = threshold_key(threshold) == NO_DETECTOR_KEY
-    settings = _Settings(
-        cfg.image_size, cfg.padding, cfg.square, cfg.min_size_px, max_pixels, cfg.mode == "top", letterbox=whole_frames
-    )
+    settings = crop_settings(cfg, threshold, max_pixels)
     if whole_frames:
         jobs = _jobs(manifest, detections.clear(), 1.0, cfg.categories)
     elif threshold_key(threshold) == ANNOTATED_BOXES_KEY:  # annotated boxes: no confidence to threshold

@@ -48,6 +48,12 @@ def build_ensemble_assets(
         run_page = tracking.run_page(run_id)
         # The diagnostics asset logs its plots into this same run.
         mlflow_store.write_run_record(plan.ensemble_dir, tracking, run_id)
+        from ens_assets.inference.artefact import write_plan_artefact
+        from ens_assets.inference.mlflow_model import log_ensemble_model
+
+        # What `ens-assets predict` and the predictions asset load: one folder, one registered model version.
+        artefact_dir = write_plan_artefact(plan)
+        model = log_ensemble_model(artefact_dir, run_id, tracking, plan.inference.registered_model)
         return dg.MaterializeResult(
             metadata={
                 **table_metadata(_headline(result.scores, result.spec["method"])),
@@ -67,6 +73,8 @@ def build_ensemble_assets(
                    if "test_recall" in result.paths else {}),
                 "site_shift": dg.MetadataValue.json(result.metrics["test_split"].get("site_shift", [])),
                 "mlflow_run_id": run_id,
+                "ensemble_model": dg.MetadataValue.path(str(artefact_dir)),
+                "model_uri": model.registry_uri or model.model_uri,
             }
         )
 

@@ -1,19 +1,13 @@
-"""Fixtures of the data-core tests: a small generated demo and helpers to write tiny datasets."""
+"""Fixtures of the data-core tests (their helpers: ens_assets_tests/data/small_datasets.py)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import pytest
 
 from ens_assets.data.demo import generate_demo
-from ens_assets.plan import DemoConfig
-
-SMALL_DEMO = DemoConfig(
-    seed=3, train_images_per_class=4, test_images_per_class=1, train_sites=3, test_sites=1, frame_width=64, frame_height=48
-)
+from ens_assets_tests.data.small_datasets import SMALL_DEMO
 
 
 @pytest.fixture(scope="session")
@@ -22,22 +16,3 @@ def small_demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_demo") / "demo"
     generate_demo(root, SMALL_DEMO)
     return root
-
-
-def demo_labels(root: Path) -> dict[str, str]:
-    """image id -> class, read back from the demo's one-hot labels."""
-    with open(root / "train_labels.csv") as fh:
-        return {row.pop("id"): next(k for k, v in row.items() if v == "1") for row in csv.DictReader(fh)}
-
-
-def write_md_json(path: Path, images: list[dict], version: str = "1.4") -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "info": {"format_version": version, "detector": "test"},
-                "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
-                "images": images,
-            }
-        )
-    )
-    return path

@@ -11,7 +11,7 @@ import yaml
 
 import dagster as dg
 
-from .conftest import write_md_json
+from ens_assets_tests.data.small_datasets import write_md_json
 from .exif_photos import write_burst_dataset, write_photo
 from ens_assets_tests.instance_home import make_dagster_home
 

@@ -6,7 +6,7 @@ import pytest
 from ens_assets.data.demo import GENERATOR_VERSION, generate_demo
 from ens_assets.plan import CLASSES_CONSERVISION, DemoConfig
 
-from .conftest import SMALL_DEMO, demo_labels
+from ens_assets_tests.data.small_datasets import SMALL_DEMO, demo_labels
 
 
 def _file_bytes(root):

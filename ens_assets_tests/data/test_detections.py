@@ -15,7 +15,7 @@ from ens_assets.data.detections import (
 from ens_assets.data.ingest import ingest_conservision
 from ens_assets.plan import plan_from_dict
 
-from .conftest import write_md_json
+from ens_assets_tests.data.small_datasets import write_md_json
 
 
 def _manifest(rel_paths):

@@ -18,7 +18,7 @@ from ens_assets.data.ingest import (
 )
 from ens_assets.plan import CLASSES_CONSERVISION, plan_from_dict
 
-from .conftest import demo_labels
+from ens_assets_tests.data.small_datasets import demo_labels
 
 MEMBERS = [{"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo"}]
 

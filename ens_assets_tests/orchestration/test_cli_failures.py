@@ -1,7 +1,6 @@
 """A failing stage stops the CLI with a short, useful message; nothing downstream of a failure runs, and no
 asset reads an input whose last materialization attempt failed (the stale-manifest defect)."""
 
-import copy
 import os
 import subprocess
 import sys
@@ -11,18 +10,21 @@ import pytest
 import yaml
 
 from ens_assets.cli import StageRunner
-from ens_assets_tests.test_pipeline import PARAMS
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import budget, member, tiny_plan
 
 pytestmark = pytest.mark.slow
 
 
 def _small_params(**changes) -> dict:
-    params = copy.deepcopy(PARAMS)
-    params["data"]["demo"].update(train_images_per_class=6, test_images_per_class=2, train_sites=4, test_sites=2)
-    params["crops"]["thresholds"] = [0.05]
-    params["members"] = [{"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"}]
-    params["training"]["smoke"] = params["training"]["cv"] = {"epochs": 2, "time_budget_s": 60, "patience": 2}
+    params = tiny_plan(
+        data={"demo": {"seed": 3, "train_images_per_class": 6, "test_images_per_class": 2, "train_sites": 4}},
+        crops={"thresholds": [0.05]},
+        training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(2), "cv": budget(2)},
+        members=[member(0.05)],
+        promotion={"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
+        ensemble={"method": "greedy", "greedy_rounds": 10},
+    )
     params.update(changes)
     return params
 

@@ -9,7 +9,6 @@ training steps apart: with ENS_ASSETS_SCALEOUT_GPU_CONCURRENCY=2 the overlap ass
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import os
@@ -36,7 +35,7 @@ from dagster._time import get_current_timestamp
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.plan import load_plan
 from ens_assets.scaleout_services import ServiceUnavailable, Stack, postgres_bin_dir, redis_server_binary
-from ens_assets_tests.conftest import TINY_PARAMS
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, SHARED_PROJECT, budget, member, merged
 
 # The module's services start once, in the first test's setup: a loaded machine needs more than the default 600 s.
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -55,17 +54,13 @@ TICK = datetime.datetime.now(datetime.timezone.utc).replace(hour=1, minute=0, se
 if TICK > datetime.datetime.now(datetime.timezone.utc):
     TICK -= datetime.timedelta(days=1)
 
-PARAMS = copy.deepcopy(TINY_PARAMS)
-PARAMS["crops"]["image_size"] = 16
-PARAMS["members"] = [
-    {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-    {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "cv"},
-]
-PARAMS["training"]["smoke"] = {"epochs": 1, "time_budget_s": 60, "patience": 1}
-PARAMS["training"]["cv"] = {"epochs": 1, "time_budget_s": 60, "patience": 1}
-# One epoch on a few images: the gate asks only for finite losses.
-PARAMS["promotion"] = {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False, "require_loss_decrease": False}
-PARAMS["schedules"] = {"timezone": "UTC", "nightly_cron": "0 1 * * *", "morning_cron": "0 7 * * *"}
+PARAMS = merged(SHARED_PROJECT, {
+    "crops": {"image_size": 16},
+    "members": [member(0.05), member(0.2, "mixup")],
+    "training": {"smoke": budget(1), "cv": budget(1)},
+    "promotion": FINITE_LOSS_GATE,
+    "schedules": {"timezone": "UTC", "nightly_cron": "0 1 * * *", "morning_cron": "0 7 * * *"},
+})
 
 
 def _progress(message: str) -> None:
@@ -213,7 +208,7 @@ def instance(stack):
 @pytest.fixture(scope="module")
 def backfill(stack, instance):
     """Smoke checkpoints first (the cv folds' gate), in this process; then the backfill, then the daemon."""
-    from ens_assets.training.run import train_member_fold
+    from ens_assets.member_runs import train_member_fold
 
     t0 = time.time()
     _prepare_data(stack.params_path)
@@ -250,7 +245,6 @@ def test_backfill_materializes_every_partition_one_gpu_step_at_a_time(backfill, 
     assert not overlapping, f"two training steps ran at once on the gpu queue: {overlapping}"
     for run in runs:
         assert _workers_of(instance, run.run_id) == ["gpu"], "the training step must run on the gpu worker"
-        assert _workers_of(instance, run.run_id, "checkpoints_smoke_gate") == ["cpu"], "checks run on the default queue"
         assert run.run_config == {} and instance.get_job_snapshot(run.job_snapshot_id).name == "checkpoints_job"
     assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
 
@@ -300,7 +294,11 @@ def nightly(backfill, instance, stack):
         origin, InstigatorType.SCHEDULE, InstigatorStatus.RUNNING,
         ScheduleInstigatorData(plan.schedules.nightly_cron, start_timestamp=(TICK - datetime.timedelta(hours=1)).timestamp()),
     )  # fmt: skip
-    instance.add_instigator_state(state)
+    # The daemon may already hold a (stopped) state for the schedule it loaded: replace it.
+    if instance.get_instigator_state(origin.get_id(), origin.get_selector().get_id()) is None:
+        instance.add_instigator_state(state)
+    else:
+        instance.update_instigator_state(state)
     recoveries = {m: plan.checkpoint_dir(m, "smoke") / "recovery" for m in plan.member_keys}
     deadline = time.time() + 600
     while True:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png, score_model
 from ens_assets.subsets.in_memory_training import create_seeded_model, to_model_input
 from ens_assets.subsets.standard_loop import default_train_fn
-from ens_assets_tests.subsets.conftest import BACKBONE
+from ens_assets_tests.subsets.colour_images import BACKBONE
 
 
 @pytest.mark.slow

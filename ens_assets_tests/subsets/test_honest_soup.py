@@ -7,7 +7,7 @@ from ens_assets.subsets.in_memory_training import create_seeded_model, to_model_
 from ens_assets.subsets.soup import recompute_batchnorm
 from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.strategy import SubsetEnsembleConfig, selection_split, train_subset_ensemble
-from ens_assets_tests.subsets.conftest import BACKBONE, colour_images
+from ens_assets_tests.subsets.colour_images import BACKBONE, colour_images
 
 CFG = SubsetEnsembleConfig(fraction=0.4, copies=2, total_epochs=4, merge="greedy", batch_size=32, score_seeds=(0,))
 

@@ -10,7 +10,7 @@ from ens_assets.subsets.in_memory_training import (
 )
 from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.soup import IncompatibleStatesError, average_state_dicts, greedy_soup
-from ens_assets_tests.subsets.conftest import BACKBONE
+from ens_assets_tests.subsets.colour_images import BACKBONE
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from ens_assets.subsets.strategy import (
     epoch_plan,
     train_subset_ensemble,
 )
-from ens_assets_tests.subsets.conftest import BACKBONE
+from ens_assets_tests.subsets.colour_images import BACKBONE
 
 
 @pytest.mark.slow

@@ -1,90 +1,10 @@
-"""A tiny on-disk crop cache + folds table in the crop stage's format, and a plan pointing at it.
-
-Built directly (no demo rendering or detector) so the training tests stay fast and independent of the
-data stage; the cache is read through the data stage's real `open_crop_cache`.
-"""
+"""Fixtures of the training tests (their helpers: ens_assets_tests/training/tiny_project.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
-import polars as pl
 import pytest
 
-from ens_assets.plan import Plan, plan_from_dict
-
-CLASSES = ["bird", "hog", "leopard", "rodent"]
-IMAGE_SIZE = 32
-SITES = [f"S{i}" for i in range(6)]
-
-
-def _class_image(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A learnable pattern: class-specific colour and stripe orientation plus noise."""
-    base = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]][label], dtype=np.float64)
-    grid = np.arange(IMAGE_SIZE)
-    stripes = ((grid[:, None] if label % 2 else grid[None, :]) // 4 % 2) * 40.0
-    image = base[None, None, :] + stripes[..., None] + rng.normal(0, 25, (IMAGE_SIZE, IMAGE_SIZE, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def write_tiny_crop_cache(out_dir: Path, folds_path: Path, seed: int = 0) -> None:
-    """48 train images over 6 sites (some with two crops, as crop mode 'all' gives), 12 test images."""
-    rng = np.random.default_rng(seed)
-    images, index_rows, fold_rows = [], [], []
-    for n in range(60):
-        split = "train" if n < 48 else "test"
-        label = n % len(CLASSES)
-        site = SITES[(n // 4) % len(SITES)] if split == "train" else "T0"
-        image_id = f"img{n:03d}"
-        for crop in range(2 if n % 5 == 0 else 1):
-            index_rows.append(dict(row=len(images), image_id=image_id, label=CLASSES[label] if split == "train" else None,
-                                   site=site, split=split, source="detection", conf=0.9 - 0.1 * crop,
-                                   x=0.1, y=0.1, w=0.5, h=0.5))  # fmt: skip
-            images.append(_class_image(label, rng))
-        if split == "train":
-            fold_rows.append(dict(image_id=image_id, site=site, label=CLASSES[label], fold=SITES.index(site) % 3))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "images.npy", np.stack(images))
-    pl.DataFrame(index_rows).write_parquet(out_dir / "index.parquet")
-    pl.DataFrame(schema={"image_id": pl.String, "rel_path": pl.String, "split": pl.String, "reason": pl.String}).write_parquet(
-        out_dir / "quarantine.parquet"
-    )
-    (out_dir / "summary.json").write_text(json.dumps({"n_images": 60, "n_crops": len(images), "seed": seed}))
-    folds_path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(fold_rows).write_parquet(folds_path)
-
-
-def tiny_plan_dict(**training_overrides) -> dict:
-    return {
-        "crops": {"thresholds": [0.05, 0.2], "image_size": IMAGE_SIZE},
-        "folds": {"k": 3, "seed": 0},
-        "recipes": {
-            "geo": {"hflip": 0.5, "scale": [0.6, 1.0], "label_smoothing": 0.1},
-            "mixup": {"hflip": 0.5, "scale": [0.6, 1.0], "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8},
-        },
-        "training": {
-            "batch_size": 16, "lr": 0.01, "warmup_epochs": 0, "seed": 0,
-            "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 2},
-            "cv": {"epochs": 2, "time_budget_s": 60, "patience": 2},
-            **training_overrides,
-        },  # fmt: skip
-        "members": [
-            {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-            {"backbone": "test_resnet", "threshold": 0.2, "recipe": "mixup", "stage": "smoke"},
-        ],
-        "tracking": {"experiment": "ens-assets-tests", "default_store": "mlruns.db"},
-        "workdir": "work",
-    }
-
-
-def make_tiny_plan(base_dir: Path, raw: dict | None = None) -> Plan:
-    plan = plan_from_dict(raw or tiny_plan_dict(), base_dir)
-    for key in plan.threshold_keys:
-        if not (plan.crops_dir(key) / "index.parquet").is_file():
-            write_tiny_crop_cache(plan.crops_dir(key), plan.folds_path)
-    return plan
+from ens_assets_tests.training.tiny_project import copy_tiny_project
 
 
 @pytest.fixture
@@ -108,24 +28,3 @@ def trained_project(tiny_data, tmp_path_factory):
     results = [train_member_fold(plan, member, fold, log=lambda _: None) for fold in plan.fold_keys]
     yield plan, uri, results
     patch.undo()
-
-
-def copy_tiny_project(tiny_data: dict, base_dir: Path, **training_overrides) -> Plan:
-    """A private copy of the shared tiny demo's manifest, crops and folds under base_dir, with the same plan.
-
-    Training tests write checkpoints and edit the plan, so they never touch the shared session project.
-    """
-    import shutil
-
-    from ens_assets_tests.conftest import TINY_PARAMS
-
-    source: Plan = tiny_data["plan"]
-    raw = {k: v for k, v in TINY_PARAMS.items() if k != "data"}
-    raw["training"] = {**raw["training"], **training_overrides}
-    raw["tracking"] = {"experiment": "ens-assets-tests", "default_store": "mlruns.db"}
-    plan = plan_from_dict(raw, base_dir)
-    for key in source.threshold_keys:
-        shutil.copytree(source.crops_dir(key), plan.crops_dir(key))
-    shutil.copy2(source.folds_path, plan.folds_path)
-    shutil.copy2(source.manifest_path, plan.manifest_path)
-    return plan

@@ -13,7 +13,7 @@ import torch
 from ens_assets.training.checkpoint import load_checkpoint, load_recovery
 from ens_assets.member_runs import train_member_fold
 from ens_assets.training.run import RECOVERY_SUBDIR
-from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+from ens_assets_tests.training.tiny_project import make_tiny_plan, tiny_plan_dict
 
 EPOCHS = 3
 
@@ -22,7 +22,7 @@ _CHILD = textwrap.dedent(
     import sys, time, torch
     from pathlib import Path
     torch.set_num_threads(int(sys.argv[2]))
-    from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+    from ens_assets_tests.training.tiny_project import make_tiny_plan, tiny_plan_dict
     from ens_assets.member_runs import train_member_fold
     raw = tiny_plan_dict(cv={"epochs": %d, "time_budget_s": 600, "patience": 10})
     plan = make_tiny_plan(Path(sys.argv[1]), raw)

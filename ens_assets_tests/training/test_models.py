@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from ens_assets.training.models import ModelError, count_parameters, create_member_model, flops_per_image
-from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+from ens_assets_tests.training.tiny_project import make_tiny_plan, tiny_plan_dict
 
 
 def test_unknown_backbone_is_a_clear_error():

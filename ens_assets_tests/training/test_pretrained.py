@@ -279,7 +279,7 @@ def test_hub_downloads_when_online_and_never_forces_offline(tmp_path, monkeypatc
 
 def test_plan_names_an_unusable_pretrained_source(tmp_path):
     from ens_assets.plan import PlanError
-    from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+    from ens_assets_tests.training.tiny_project import make_tiny_plan, tiny_plan_dict
 
     raw = tiny_plan_dict()
     raw["members"][0]["pretrained"] = "package:no_such_weights_pkg"

@@ -11,7 +11,7 @@ from ens_assets.training.augment import model_mean_std, resize_crops
 from ens_assets.training.loop import fit
 from ens_assets.training.models import create_member_model, flops_per_image
 from ens_assets.training.optim import create_member_optimizer, head_parameters
-from ens_assets_tests.training.conftest import make_tiny_plan, tiny_plan_dict
+from ens_assets_tests.training.tiny_project import make_tiny_plan, tiny_plan_dict
 
 
 def _lrs_after_schedule(model, config):

@@ -16,7 +16,7 @@ from ens_assets.training.run import (
     predict_member_oof,
     predict_member_test,
 )
-from ens_assets_tests.training.conftest import copy_tiny_project
+from ens_assets_tests.training.tiny_project import copy_tiny_project
 
 QUIET = dict(log=lambda _: None)
 

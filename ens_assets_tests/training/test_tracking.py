@@ -15,7 +15,7 @@ def test_checkpoint_run_links_to_the_mlflow_ui_page(trained_project):
 
 
 def test_ui_address_follows_the_config_and_an_http_tracking_server(tmp_path):
-    from ens_assets_tests.training.conftest import tiny_plan_dict
+    from ens_assets_tests.training.tiny_project import tiny_plan_dict
 
     raw = tiny_plan_dict()
     raw["tracking"] = {**raw["tracking"], "ui_url": "http://mlflow.lab:8080"}

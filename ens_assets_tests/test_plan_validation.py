@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ens_assets.plan import PlanError, load_plan
-from ens_assets_tests.training.conftest import tiny_plan_dict
+from ens_assets_tests.training.tiny_project import tiny_plan_dict
 
 
 def _load(tmp_path, raw):

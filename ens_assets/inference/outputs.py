@@ -1,0 +1,131 @@
+"""What `predict` writes: predictions.csv, a MegaDetector batch JSON with classifications, summary.json.
+
+The JSON is MegaDetector batch output format 1.4 (what Timelapse, AddaxAI and the MegaDetector
+postprocessing tools read): the input's detections, each box some member cropped carrying the ensemble's
+`classifications` ([[class id, probability], ...], most probable first), `classification_categories` naming
+the classes. An unreadable photo is an image entry with a `failure` and no detections.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ens_assets.atomic import atomic_path, write_json
+from ens_assets.inference.predict import Predictions
+
+MD_FORMAT_VERSION = "1.4"
+PREDICTIONS_FILE, DETECTIONS_FILE, SUMMARY_FILE = "predictions.csv", "md_predictions.json", "summary.json"
+LEAST_CONFIDENT = 10
+
+
+@dataclass
+class PredictOutputs:
+    table: pl.DataFrame
+    md: dict[str, Any]
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def predictions_table(result: Predictions) -> pl.DataFrame:
+    """One row per photo: image, top class, its probability, one column per class, fallback/quarantine flags."""
+    probs = result.probs
+    readable = np.array([p is None for p in result.problem], dtype=bool)
+    top = np.where(readable, np.nanargmax(np.where(readable[:, None], probs, 0.0), axis=1), -1)
+    frame = pl.DataFrame({
+        "image": [i.name for i in result.images],
+        "top_class": [result.classes[t] if t >= 0 else None for t in top],
+        "top_probability": [float(probs[i, t]) if t >= 0 else None for i, t in enumerate(top)],
+    }, schema={"image": pl.String, "top_class": pl.String, "top_probability": pl.Float64})
+    columns = [pl.Series(c, np.where(readable, probs[:, k], np.nan), dtype=pl.Float64).fill_nan(None)
+               for k, c in enumerate(result.classes)]
+    flags = pl.DataFrame({
+        "fallback": [bool(f) for f in result.fallback],
+        "fallback_thresholds": [",".join(f) for f in result.fallback],
+        "detector_status": [result.detections.status.get(i.name, "none") for i in result.images],
+        "quarantined": [p is not None for p in result.problem],
+        "reason": result.problem,
+    }, schema={"fallback": pl.Boolean, "fallback_thresholds": pl.String, "detector_status": pl.String,
+               "quarantined": pl.Boolean, "reason": pl.String})
+    return pl.concat([frame.with_columns(columns), flags], how="horizontal")
+
+
+def megadetector_json(result: Predictions) -> dict[str, Any]:
+    """MegaDetector batch output 1.4 with per-detection classifications (see the module docstring)."""
+    id_of_category = {name.strip().lower(): cid for cid, name in result.detections.categories.items()}
+    boxes: dict[str, list[tuple]] = {}
+    for name, category, conf, x, y, w, h in result.detections.table.iter_rows():
+        boxes.setdefault(name, []).append((category, conf, x, y, w, h))
+    images = []
+    for i, image in enumerate(result.images):
+        entry: dict[str, Any] = {"file": image.name}
+        if result.problem[i] is not None:
+            images.append({**entry, "failure": result.problem[i], "detections": None})
+            continue
+        if image.name in result.detections.failure:
+            entry["failure"] = result.detections.failure[image.name]
+        # Ranked on the unrounded probabilities (stable: ties keep class order, as the CSV's argmax does).
+        order = sorted(range(len(result.classes)), key=lambda k: -result.probs[i, k])
+        classifications = [[str(k), round(float(result.probs[i, k]), 4)] for k in order if result.probs[i, k] >= 5e-5]
+        used = {(round(b[1], 6), round(b[2], 6), round(b[3], 6), round(b[4], 6)) for b in result.boxes_used[i]}
+        detections = []
+        for category, conf, x, y, w, h in boxes.get(image.name, []):
+            detection = {"category": id_of_category.get(category, category), "conf": round(conf, 4),
+                         "bbox": [round(x, 4), round(y, 4), round(w, 4), round(h, 4)]}
+            if (round(x, 6), round(y, 6), round(w, 6), round(h, 6)) in used:
+                detection["classifications"] = classifications
+            detections.append(detection)
+        entry["detections"] = None if "failure" in entry else detections
+        images.append(entry)
+    info = {
+        "format_version": MD_FORMAT_VERSION,
+        "detector": (result.detections.info or {}).get("detector", "none: full frames classified"),
+        "classifier": f"ens-assets ensemble {result.artefact.version} ({result.artefact.method})",
+        "classification_completion_time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "classifier_metadata": {"members": [m.key for m in result.artefact.members],
+                                "ensemble": result.artefact.source},
+    }
+    return {"info": info, "detection_categories": result.detections.categories,
+            "classification_categories": {str(k): c for k, c in enumerate(result.classes)}, "images": images}
+
+
+def least_confident(table: pl.DataFrame, n: int = LEAST_CONFIDENT) -> pl.DataFrame:
+    return (table.filter(~pl.col("quarantined")).sort("top_probability").head(n)
+            .select("image", "top_class", "top_probability", "fallback"))
+
+
+def batch_summary(result: Predictions, table: pl.DataFrame) -> dict[str, Any]:
+    counts = table.filter(~pl.col("quarantined")).group_by("top_class").len().sort("top_class")
+    return {
+        "images": len(result.images),
+        "predicted": int((~table["quarantined"]).sum()),
+        "fallbacks": int(table["fallback"].sum()),
+        "quarantined": [{"image": i, "reason": r} for i, r in
+                        table.filter(pl.col("quarantined")).select("image", "reason").iter_rows()],
+        "class_counts": dict(counts.iter_rows()),
+        "ensemble": {"version": result.artefact.version, "method": result.artefact.method,
+                     "source": result.artefact.source},
+        "detections": result.detections.source,
+        "unmatched_detection_entries": len(result.detections.unmatched),
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 2),
+        "notes": result.notes,
+    }
+
+
+def write_outputs(result: Predictions, out_dir: str | Path) -> PredictOutputs:
+    """predictions.csv, md_predictions.json and summary.json in out_dir, each written atomically."""
+    out_dir = Path(out_dir)
+    table = predictions_table(result)
+    md = megadetector_json(result)
+    summary = batch_summary(result, table)
+    with atomic_path(out_dir / PREDICTIONS_FILE, suffix=".csv") as tmp:
+        table.write_csv(tmp)
+    paths = {"predictions": out_dir / PREDICTIONS_FILE, "megadetector": write_json(out_dir / DETECTIONS_FILE, md),
+             "summary": write_json(out_dir / SUMMARY_FILE, summary)}
+    return PredictOutputs(table, md, summary, paths)
