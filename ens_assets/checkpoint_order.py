@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ens_assets.member_outputs import member_cost
 from ens_assets.plan import SMOKE_FOLD, Plan
-from ens_assets.promotion import gate_problem, read_verdict
+from ens_assets.promotion import gate_problem
+from ens_assets.training.checkpoint_store import CheckpointStore
 from ens_assets.training.run import checkpoint_is_fresh
 from ens_assets.training.smoke_gate import SmokeVerdict
 
@@ -55,8 +55,9 @@ def read_checkpoint_state(plan: Plan, *, freshness: bool = True) -> CheckpointSt
     """The plan's checkpoint folders as a CheckpointState. `freshness=False` marks nothing fresh (the CLI asks
     for every partition and the asset itself skips a fresh one); with it, only partitions that may run are
     checked (a freshness check reads the crop cache and the folds table)."""
-    verdicts = {m.key: read_verdict(plan.checkpoint_dir(m.key, SMOKE_FOLD)) for m in plan.members}
-    costs = {m.key: member_cost(plan, m.key) for m in plan.members}
+    store = CheckpointStore(plan)
+    verdicts = {m.key: store.verdict(m.key) for m in plan.members}
+    costs = {m.key: store.flops_per_image(m.key) for m in plan.members}
     fresh = frozenset(
         (m.key, fold)
         for m in plan.members

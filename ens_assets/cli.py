@@ -173,14 +173,14 @@ class StageRunner:
         from ens_assets.checkpoint_order import checkpoint_order, read_checkpoint_state
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import read_verdict
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
         for member, fold in checkpoint_order(self.plan, read_checkpoint_state(self.plan, freshness=False)).runs:
             if fold != SMOKE_FOLD:
                 continue  # k folds run after every smoke run and the promotions it earned
             self._run("checkpoints_job", checkpoint_key(member, SMOKE_FOLD), f"checkpoint {member} {SMOKE_FOLD}")
-            verdict = read_verdict(self.plan.checkpoint_dir(member, SMOKE_FOLD))
+            verdict = CheckpointStore(self.plan).verdict(member)
             if verdict is not None and not verdict.passed:
                 self.gate_reasons[member] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
@@ -214,11 +214,12 @@ class StageRunner:
                               "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
     def predict(self) -> None:
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("predict: OOF and test predictions per member")
+        store = CheckpointStore(self.plan)
         for member in self.plan.member_keys:
-            if not checkpoints_complete(self.plan, member):
+            if not store.complete(member):
                 self.out(f"  [skip] {member}: its checkpoints are not all there")
                 continue
             self._run("predictions_job", member, f"predictions {member}")

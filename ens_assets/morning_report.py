@@ -25,9 +25,9 @@ from ens_assets.atomic import write_json, write_parquet, write_text
 from ens_assets.ensemble.build import BEST_PREFIX, ENSEMBLE_PREFIX, NESTED_OOF_FILE, nested_probs
 from ens_assets.ensemble.diagnostics import all_fail_classes
 from ens_assets.ensemble.intervals import Resampler, compare
-from ens_assets.plan import SMOKE_FOLD, Plan
+from ens_assets.plan import Plan
 from ens_assets.promotion import PROMOTIONS_LOG
-from ens_assets.training.checkpoint import read_sidecar
+from ens_assets.training.checkpoint_store import CheckpointStore
 
 REPORT_FILE, SUMMARY_FILE, PROPOSALS_FILE, OOF_FILE = "report.md", "summary.json", "proposals.json", "ensemble_oof.parquet"
 LOWEST_THRESHOLD = 0.01
@@ -103,19 +103,18 @@ def promotions_since(plan: Plan, since: float) -> list[dict[str, Any]]:
 def smoke_verdicts(plan: Plan) -> list[dict[str, Any]]:
     """Every member's smoke verdict (from its smoke checkpoint), with a one-line reason."""
     rows = []
+    store = CheckpointStore(plan)
     for member in plan.members:
-        sidecar = read_sidecar(plan.checkpoint_dir(member.key, SMOKE_FOLD)) or {}
-        verdict = sidecar.get("smoke_verdict")
-        if not verdict:
+        verdict = store.verdict(member.key)
+        if verdict is None:
             rows.append({"member": member.key, "stage": member.stage, "verdict": "not run", "why": "no smoke checkpoint yet"})
             continue
-        metrics = verdict.get("metrics", {})
-        n_classes = len(sidecar.get("classes") or []) or 1
-        acc = float(metrics.get("val_accuracy", 0.0))
+        n_classes = len(store.smoke_classes(member.key)) or 1
+        acc = float(verdict.metrics.get("val_accuracy", 0.0))
         why = f"acc {acc:.2f}, {acc * n_classes:.1f}x chance"
-        if not verdict["passed"]:
-            why = "; ".join(verdict.get("reasons") or ["failed"])
-        rows.append({"member": member.key, "stage": member.stage, "verdict": "passed" if verdict["passed"] else "failed",
+        if not verdict.passed:
+            why = "; ".join(verdict.reasons or ["failed"])
+        rows.append({"member": member.key, "stage": member.stage, "verdict": "passed" if verdict.passed else "failed",
                      "why": why, "val_accuracy": acc, "times_chance": acc * n_classes})
     return rows
 

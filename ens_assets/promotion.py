@@ -8,15 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ens_assets.plan import SMOKE_FOLD, Member, Plan
+from ens_assets.training.checkpoint_store import CheckpointStore
 from ens_assets.training.smoke_gate import SmokeVerdict
-
-
-def read_verdict(checkpoint_dir) -> SmokeVerdict | None:
-    """The verdict stored in a smoke checkpoint's sidecar, or None when that checkpoint does not exist."""
-    from ens_assets.training.checkpoint import read_sidecar  # deferred: imports torch
-
-    stored = (read_sidecar(checkpoint_dir) or {}).get("smoke_verdict")
-    return SmokeVerdict(**stored) if stored else None
 
 
 def gate_problem(member: Member, fold: str, verdict: SmokeVerdict | None) -> str | None:
@@ -40,13 +33,13 @@ def cv_gate_problem(plan: Plan, member_key: str, fold: str) -> str | None:
     """Why a checkpoint partition may not run now, or None when it may (gate_problem on the stored verdict)."""
     member = plan.member(member_key)
     needs_verdict = fold != SMOKE_FOLD and member.stage == "cv"
-    return gate_problem(member, fold, read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD)) if needs_verdict else None)
+    return gate_problem(member, fold, CheckpointStore(plan).verdict(member_key) if needs_verdict else None)
 
 
 def gate_summary(plan, member_key: str) -> str:
     """Which gate a member has passed, in one line (for the UI and reports)."""
     member = plan.member(member_key)
-    verdict = read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD))
+    verdict = CheckpointStore(plan).verdict(member_key)
     if verdict is None:
         return "no smoke run yet"
     if not verdict.passed:
@@ -80,19 +73,18 @@ def record_promotion(plan, member: str, reason: str, by: str) -> dict[str, Any]:
 def promote_passed_auto_members(params_path, by: str) -> list[dict[str, Any]]:
     """Promote every `stage: auto` member whose smoke gate passed to cv in params.yaml; return the decisions."""
     from ens_assets.params_edit import promote_member
-    from ens_assets.plan import SMOKE_FOLD, load_plan
-    from ens_assets.training.checkpoint import read_sidecar
+    from ens_assets.plan import load_plan
 
     plan = load_plan(params_path)
+    store = CheckpointStore(plan)
     decisions = []
     for member in plan.members:
         if member.stage != "auto":
             continue
-        sidecar = read_sidecar(plan.checkpoint_dir(member.key, SMOKE_FOLD)) or {}
-        verdict = read_verdict(plan.checkpoint_dir(member.key, SMOKE_FOLD))
+        verdict = store.verdict(member.key)
         if verdict is None or not verdict.passed:
             continue
-        reason = f"smoke passed: {smoke_summary(verdict, len(sidecar.get('classes') or []) or 1)}"
+        reason = f"smoke passed: {smoke_summary(verdict, len(store.smoke_classes(member.key)) or 1)}"
         promote_member(params_path, member.key)
         decisions.append(record_promotion(plan, member.key, reason, by))
     return decisions

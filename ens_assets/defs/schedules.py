@@ -109,14 +109,15 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
     )
     def morning_predictions(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
         plan_now = plan_resource.load()
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
+        store = CheckpointStore(plan_now)
         busy = in_flight_partitions(context.instance, "predictions_job")
         morning = _tick_date(context)
         requests = [
             dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(m), "ens_assets/member": m})
             for m in plan_now.member_keys
-            if m not in busy and checkpoints_complete(plan_now, m)
+            if m not in busy and store.complete(m)
         ]
         return requests or dg.SkipReason("no member has a complete set of checkpoints that is not already being predicted")
 

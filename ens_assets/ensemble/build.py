@@ -232,6 +232,21 @@ def _write_outputs(out_dir: Path, spec, table, metrics, compute, pareto, nested_
     return paths
 
 
+def diagnose_built_ensemble(
+    oof: dict[str, pl.DataFrame], classes: Sequence[str], cfg: EnsembleConfig, ensemble_dir: Path, out_dir: Path
+) -> DiagnosticsResult:
+    """build_diagnostics of the ensemble build_ensemble wrote to `ensemble_dir` (its spec, nested OOF, scores)."""
+    import json
+
+    ensemble_dir = Path(ensemble_dir)
+    spec_path = ensemble_dir / "spec.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path}: no fitted ensemble; materialize the ensemble asset first")
+    return build_diagnostics(oof, classes, json.loads(spec_path.read_text()), cfg, out_dir,
+                             nested_oof=pl.read_parquet(ensemble_dir / NESTED_OOF_FILE),
+                             scores=pl.read_parquet(ensemble_dir / "scores.parquet"))  # fmt: skip
+
+
 def build_diagnostics(
     oof: dict[str, pl.DataFrame],
     classes: Sequence[str],
