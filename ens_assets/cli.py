@@ -168,27 +168,30 @@ class StageRunner:
                 self.out(line)
 
     def train(self) -> None:
+        """Checkpoints in checkpoint_order (the nightly schedule's): every smoke run, then the promotions they
+        earned, then the k folds of members that passed. Fresh checkpoints are asked for too (the asset skips them)."""
+        from ens_assets.checkpoint_order import checkpoint_order, read_checkpoint_state
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import cv_gate_problem
         from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
-        for member in self.plan.members:
-            self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
-            verdict = CheckpointStore(self.plan).verdict(member.key)
+        for member, fold in checkpoint_order(self.plan, read_checkpoint_state(self.plan, freshness=False)).runs:
+            if fold != SMOKE_FOLD:
+                continue  # k folds run after every smoke run and the promotions it earned
+            self._run("checkpoints_job", checkpoint_key(member, SMOKE_FOLD), f"checkpoint {member} {SMOKE_FOLD}")
+            verdict = CheckpointStore(self.plan).verdict(member)
             if verdict is not None and not verdict.passed:
-                self.gate_reasons[member.key] = list(verdict.reasons)
+                self.gate_reasons[member] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
         promoted = self._promote_auto_members()
-        for member in self.plan.members:
-            for fold in self.plan.checkpoint_folds(member)[1:]:
-                problem = cv_gate_problem(self.plan, member.key, fold)
-                if problem:
-                    self.out(f"  [skip] {member.key} fold {fold}: {problem}")
-                    break
-                self._run("checkpoints_job", checkpoint_key(member.key, fold), f"checkpoint {member.key} fold {fold}",
-                          tags=promoted.get(member.key))
+        order = checkpoint_order(self.plan, read_checkpoint_state(self.plan, freshness=False))
+        for member, problem in order.blocked.items():
+            self.out(f"  [skip] {member} k folds: {problem}")
+        for member, fold in order.runs:
+            if fold != SMOKE_FOLD:
+                self._run("checkpoints_job", checkpoint_key(member, fold), f"checkpoint {member} fold {fold}",
+                          tags=promoted.get(member))
 
     def _promote_auto_members(self) -> dict[str, dict[str, str]]:
         """stage: auto members whose smoke passed go to cv in params.yaml (what the sensor does under the daemon);

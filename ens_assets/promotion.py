@@ -7,28 +7,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from ens_assets.plan import SMOKE_FOLD, Member, Plan
 from ens_assets.training.checkpoint_store import CheckpointStore
 from ens_assets.training.smoke_gate import SmokeVerdict
 
 
-def cv_gate_problem(plan, member_key: str, fold: str) -> str | None:
-    """Why a checkpoint partition may not run now, or None when it may ("earn your long runs")."""
-    from ens_assets.plan import SMOKE_FOLD
-
+def gate_problem(member: Member, fold: str, verdict: SmokeVerdict | None) -> str | None:
+    """Why partition `fold` of `member` may not run, given its stored smoke verdict; None when it may
+    ("earn your long runs"): smoke always runs, a k fold once the member is at cv and its smoke passed."""
     if fold == SMOKE_FOLD:
         return None
-    member = plan.member(member_key)
     if member.stage != "cv":
         return (
-            f"{member_key} is at stage '{member.stage}': fold {fold} runs only after promotion. Check its smoke "
-            f"checkpoint, then `ens-assets promote {member_key}` (or stage: auto promotes it once smoke passes)"
+            f"{member.key} is at stage '{member.stage}': fold {fold} runs only after promotion. Check its smoke "
+            f"checkpoint, then `ens-assets promote {member.key}` (or stage: auto promotes it once smoke passes)"
         )
-    verdict = CheckpointStore(plan).verdict(member_key)
     if verdict is None:
-        return f"{member_key} has no smoke checkpoint yet: materialize partition {member_key}|{SMOKE_FOLD} first"
+        return f"{member.key} has no smoke checkpoint yet: materialize partition {member.key}|{SMOKE_FOLD} first"
     if not verdict.passed:
-        return f"{member_key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
+        return f"{member.key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
     return None
+
+
+def cv_gate_problem(plan: Plan, member_key: str, fold: str) -> str | None:
+    """Why a checkpoint partition may not run now, or None when it may (gate_problem on the stored verdict)."""
+    member = plan.member(member_key)
+    needs_verdict = fold != SMOKE_FOLD and member.stage == "cv"
+    return gate_problem(member, fold, CheckpointStore(plan).verdict(member_key) if needs_verdict else None)
 
 
 def gate_summary(plan, member_key: str) -> str:

@@ -31,7 +31,7 @@ def smoke_gate_spec(plan: Plan) -> dg.AssetCheckSpec:
 
 
 def smoke_gate_result(verdict) -> dg.AssetCheckResult:
-    """The check result of a smoke checkpoint's stored verdict (promotion.SmokeVerdict, None: no verdict)."""
+    """The check result of a smoke checkpoint's stored verdict (training.smoke_gate.SmokeVerdict, None: no verdict)."""
     if verdict is None:
         return dg.AssetCheckResult(check_name=SMOKE_GATE, passed=False, description="checkpoint has no verdict: retrain it")
     return dg.AssetCheckResult(

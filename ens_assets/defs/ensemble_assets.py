@@ -15,6 +15,12 @@ from ens_assets.plan import Plan
 def build_ensemble_assets(
     plan: Plan, oof_predictions: dg.AssetsDefinition, test_predictions: dg.AssetsDefinition
 ) -> list[dg.AssetsDefinition]:
+    ensemble = _ensemble_asset(oof_predictions, test_predictions)
+    ensemble_diagnostics = _ensemble_diagnostics_asset(ensemble)
+    return [ensemble, ensemble_diagnostics]
+
+
+def _ensemble_asset(oof_predictions: dg.AssetsDefinition, test_predictions: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="ensemble", deps=[oof_predictions, test_predictions], kinds={"scikitlearn", "mlflow"})
     def ensemble(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
@@ -77,7 +83,10 @@ def build_ensemble_assets(
                 "model_uri": model.registry_uri or model.model_uri,
             }
         )
+    return ensemble
 
+
+def _ensemble_diagnostics_asset(ensemble: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="ensemble", deps=[ensemble], kinds={"matplotlib"})
     def ensemble_diagnostics(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
@@ -111,8 +120,7 @@ def build_ensemble_assets(
                 "mlflow_run_id": run["run_id"],
             }
         )
-
-    return [ensemble, ensemble_diagnostics]
+    return ensemble_diagnostics
 
 
 def scores_for_people(scores):

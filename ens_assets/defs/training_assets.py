@@ -22,7 +22,13 @@ GPU_STEP_OP_TAGS = {
 def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
     members = member_partitions(plan)
     collapse_folds = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="member")
+    checkpoints = _checkpoints_asset(plan, crops, folds)
+    oof_predictions = _oof_predictions_asset(members, checkpoints, collapse_folds)
+    test_predictions = _test_predictions_asset(members, checkpoints, collapse_folds)
+    return [checkpoints, oof_predictions, test_predictions]
 
+
+def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="checkpoints",
         specs=[
@@ -79,9 +85,9 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         if result.mlflow_run_id:
             metadata["mlflow_run_id"] = result.mlflow_run_id
         metadata["mlflow_tracking_uri"] = tracking.uri
-        confusion_png = result.checkpoint_dir / "confusion_matrix.png"
-        if confusion_png.is_file():
-            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png.read_bytes(), "confusion matrix"))
+        confusion_png = store.confusion_png(member, fold)
+        if confusion_png is not None:
+            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
         if fold == SMOKE_FOLD:
             verdict = store.verdict(member)
@@ -96,7 +102,10 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         yield dg.MaterializeResult(
             metadata=metadata, data_version=dg.DataVersion(result.fingerprint), check_results=check_results
         )
+    return checkpoints
 
+
+def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="training",
         partitions_def=members,
@@ -128,7 +137,10 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
                 "path": dg.MetadataValue.path(str(plan.oof_path(member.key))),
             }
         )
+    return oof_predictions
 
+
+def _test_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="training",
         partitions_def=members,
@@ -148,8 +160,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
                 "path": dg.MetadataValue.path(str(plan.test_predictions_path(context.partition_key))),
             }
         )
-
-    return [checkpoints, oof_predictions, test_predictions]
+    return test_predictions
 
 
 def fold_gate_observations(plan: Plan, member: str, verdict) -> list[dg.AssetObservation]:

@@ -21,6 +21,7 @@ from ens_assets.training.smoke_gate import SmokeVerdict
 
 CROP_SUMMARY_FILE = "summary.json"
 CROP_INDEX_FILE = "index.parquet"
+CONFUSION_PNG_FILE = "confusion_matrix.png"  # beside each checkpoint, written by training.metrics
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,11 @@ class CheckpointStore:
                 f"re-materialize checkpoint partition {member}|{fold} before predicting"
             )
         return state_dict, sidecar
+
+    def confusion_png(self, member: str, fold: int | str) -> bytes | None:
+        """The checkpoint's validation confusion matrix picture (training.metrics.write_confusion_matrix)."""
+        path = self.directory(member, fold) / CONFUSION_PNG_FILE
+        return path.read_bytes() if path.is_file() else None
 
     def complete(self, member: str) -> bool:
         """Whether every checkpoint the member's predictions need exists."""

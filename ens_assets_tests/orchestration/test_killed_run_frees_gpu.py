@@ -16,7 +16,7 @@ import yaml
 
 import dagster as dg
 
-from ens_assets.defs.schedules import IN_FLIGHT
+from ens_assets.runs.in_flight import IN_FLIGHT
 from ens_assets_tests.test_pipeline import PARAMS
 
 REPO = Path(__file__).resolve().parents[2]

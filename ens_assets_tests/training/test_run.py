@@ -186,6 +186,7 @@ def test_the_store_decides_freshness_costs_and_oof_coverage(trained_project):
     assert store.flops_per_image(member) == results[0].metrics["flops_per_image"] > 0
     assert store.flops_per_image(plan.members[1].key) == float("inf")  # never trained: scheduled last
     assert store.minutes(member, results[0].fold) == pytest.approx(results[0].metrics["wall_seconds"] / 60)
+    assert store.confusion_png(member, results[0].fold).startswith(b"\x89PNG") and store.confusion_png(member, "smoke") is None
     assert store.verdict(plan.members[1].key) is None and not store.complete(plan.members[1].key)
     predict_member_oof(plan, member)
     coverage = oof_coverage(plan, member)
