@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from ens_assets.subsets.difficulty import score_model
-from ens_assets.subsets.in_memory_training import create_seeded_model, cross_entropy_train_fn, to_model_input
+from ens_assets.subsets.in_memory_training import create_seeded_model, to_model_input
+from ens_assets.subsets.standard_loop import default_train_fn
 
 CASES = [("test_resnet", 32, 96), ("lcnet_050", 64, 48)]  # (backbone, image size, images)
 
@@ -58,7 +59,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for backbone, size, n in CASES:
         images, labels = _colour_classes(rng, n, size)
-        model = cross_entropy_train_fn(create_seeded_model(backbone, 4, seed=0), images, labels, epochs=3, seed=0)
+        model = default_train_fn(4, images, labels)(create_seeded_model(backbone, 4, seed=0), images, labels, 3, 0)
         params = sum(p.numel() for p in model.parameters())
         t_naive, naive = _timed(lambda: naive_grad_norms(model, images, labels), repeats=1)
         t_full, (_, full) = _timed(lambda: score_model(model, images, labels, batch_size=64, grad_scope="full"))

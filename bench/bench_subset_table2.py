@@ -37,7 +37,7 @@ import torch
 from sklearn.metrics import accuracy_score, log_loss
 
 from ens_assets.plan import Budget, Recipe, TrainingConfig, plan_from_dict
-from ens_assets.subsets.config import SubsetEnsembleConfig
+from ens_assets.plan import SubsetEnsembleConfig
 from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import predict_logits
 from ens_assets.subsets.standard_loop import standard_loop_train_fn

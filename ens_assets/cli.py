@@ -168,26 +168,30 @@ class StageRunner:
                 self.out(line)
 
     def train(self) -> None:
+        """Checkpoints in checkpoint_order (the nightly schedule's): every smoke run, then the promotions they
+        earned, then the k folds of members that passed. Fresh checkpoints are asked for too (the asset skips them)."""
+        from ens_assets.checkpoint_order import checkpoint_order, read_checkpoint_state
         from ens_assets.defs.partitions import checkpoint_key
         from ens_assets.plan import SMOKE_FOLD
-        from ens_assets.promotion import cv_gate_problem, read_verdict
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("train: smoke runs first, then k folds of promoted members that passed smoke")
-        for member in self.plan.members:
-            self._run("checkpoints_job", checkpoint_key(member.key, SMOKE_FOLD), f"checkpoint {member.key} {SMOKE_FOLD}")
-            verdict = read_verdict(self.plan.checkpoint_dir(member.key, SMOKE_FOLD))
+        for member, fold in checkpoint_order(self.plan, read_checkpoint_state(self.plan, freshness=False)).runs:
+            if fold != SMOKE_FOLD:
+                continue  # k folds run after every smoke run and the promotions it earned
+            self._run("checkpoints_job", checkpoint_key(member, SMOKE_FOLD), f"checkpoint {member} {SMOKE_FOLD}")
+            verdict = CheckpointStore(self.plan).verdict(member)
             if verdict is not None and not verdict.passed:
-                self.gate_reasons[member.key] = list(verdict.reasons)
+                self.gate_reasons[member] = list(verdict.reasons)
                 self.out(f"      smoke gate: {'; '.join(verdict.reasons)}")
         promoted = self._promote_auto_members()
-        for member in self.plan.members:
-            for fold in self.plan.checkpoint_folds(member)[1:]:
-                problem = cv_gate_problem(self.plan, member.key, fold)
-                if problem:
-                    self.out(f"  [skip] {member.key} fold {fold}: {problem}")
-                    break
-                self._run("checkpoints_job", checkpoint_key(member.key, fold), f"checkpoint {member.key} fold {fold}",
-                          tags=promoted.get(member.key))
+        order = checkpoint_order(self.plan, read_checkpoint_state(self.plan, freshness=False))
+        for member, problem in order.blocked.items():
+            self.out(f"  [skip] {member} k folds: {problem}")
+        for member, fold in order.runs:
+            if fold != SMOKE_FOLD:
+                self._run("checkpoints_job", checkpoint_key(member, fold), f"checkpoint {member} fold {fold}",
+                          tags=promoted.get(member))
 
     def _promote_auto_members(self) -> dict[str, dict[str, str]]:
         """stage: auto members whose smoke passed go to cv in params.yaml (what the sensor does under the daemon);
@@ -210,11 +214,12 @@ class StageRunner:
                               "ens_assets/promoted_by": "ens-assets train (CLI)"} for d in decisions}
 
     def predict(self) -> None:
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         self.out("predict: OOF and test predictions per member")
+        store = CheckpointStore(self.plan)
         for member in self.plan.member_keys:
-            if not checkpoints_complete(self.plan, member):
+            if not store.complete(member):
                 self.out(f"  [skip] {member}: its checkpoints are not all there")
                 continue
             self._run("predictions_job", member, f"predictions {member}")

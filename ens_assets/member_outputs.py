@@ -1,4 +1,5 @@
-"""Reading what the training stage left on disk for the ensemble: OOF/test tables and member facts."""
+"""Reading what the training stage left on disk for the ensemble: OOF/test tables, member facts and gates,
+and whether a member's OOF covers what it should (every cropped training image once)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 import polars as pl
 
 from ens_assets.plan import Plan
-from ens_assets.training.checkpoint import read_sidecar
+from ens_assets.training.checkpoint_store import CheckpointStore
 
 NON_CLASS_COLUMNS = ("image_id", "fold", "label")
+SMOKE_ONLY_OOF = "smoke only: fold 0's validation images, from the short smoke run (not an ensemble input)"
+CV_OOF = "every training image once (k folds)"
 
 
 @dataclass
@@ -26,6 +29,7 @@ class MemberOutputs:
 
 def collect_member_outputs(plan: Plan) -> MemberOutputs:
     """Members at stage cv with OOF and test tables join the ensemble; every other member is listed with why."""
+    store = CheckpointStore(plan)
     oof: dict[str, pl.DataFrame] = {}
     test: dict[str, pl.DataFrame] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -48,9 +52,9 @@ def collect_member_outputs(plan: Plan) -> MemberOutputs:
             excluded[key] = f"class columns {member_classes} differ from the other members' {classes}"
             continue
         oof[key], test[key] = frame, pl.read_parquet(test_path)
-        info[key] = _member_facts(plan, key)
+        info[key] = store.member_facts(key)
     return MemberOutputs(oof=oof, test=test, classes=classes or [], info=info, excluded=excluded,
-                         test_labels=test_labels(plan))
+                         test_labels=test_labels(plan))  # fmt: skip
 
 
 def test_labels(plan: Plan) -> dict[str, str]:
@@ -62,37 +66,61 @@ def test_labels(plan: Plan) -> dict[str, str]:
     return dict(labelled.select("image_id", "label").iter_rows())
 
 
-def _member_facts(plan: Plan, member: str) -> dict[str, Any]:
-    facts: dict[str, Any] = {"mlflow_run_ids": []}
-    for fold in plan.prediction_folds(member):
-        stored = read_sidecar(plan.checkpoint_dir(member, fold))
-        if stored is None:
-            continue
-        metrics = stored.get("metrics", {})
-        for name in ("flops_per_image", "param_count"):
-            if name in metrics:
-                facts[name] = int(metrics[name])
-        if stored.get("mlflow_run_id"):
-            facts["mlflow_run_ids"].append(stored["mlflow_run_id"])
-    facts.setdefault("flops_per_image", 0)
-    facts.setdefault("param_count", 0)
-    # Test predictions average every prediction checkpoint (k fold models at cv): that is the inference cost.
-    facts["models_at_inference"] = len(plan.prediction_folds(member))
-    facts["inference_flops_per_image"] = facts["flops_per_image"] * facts["models_at_inference"]
-    facts["mlflow_run_id"] = facts["mlflow_run_ids"][0] if facts["mlflow_run_ids"] else None
-    return facts
+def image_sites(plan: Plan) -> dict[str, str] | None:
+    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
+    if not plan.folds_path.is_file():
+        return None
+    folds = pl.read_parquet(plan.folds_path)
+    if "site" not in folds.columns or folds["site"].null_count():
+        return None
+    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
-def checkpoints_complete(plan: Plan, member: str) -> bool:
-    """Whether every checkpoint the member's predictions need exists."""
-    return all(read_sidecar(plan.checkpoint_dir(member, f)) is not None for f in plan.prediction_folds(member))
+def member_table(plan: Plan, spec: dict, excluded: dict[str, str]) -> pl.DataFrame:
+    """Every member of the plan: which gate it passed, its weight, or why it is not in the ensemble."""
+    store = CheckpointStore(plan)
+    weights = spec.get("weights", {})
+    rows = []
+    for m in plan.members:
+        verdict = store.verdict(m.key)
+        gate = "not run" if verdict is None else ("passed" if verdict.passed else "FAILED")
+        if m.key in weights:
+            why = ""
+        elif verdict is not None and not verdict.passed:
+            why = "smoke gate failed: " + "; ".join(verdict.reasons)
+        else:
+            why = excluded.get(m.key, "")
+        rows.append({"member": m.key, "stage": m.stage, "smoke gate": gate,
+                     "weight": float(weights[m.key]) if m.key in weights else None, "why not in": why})  # fmt: skip
+    return pl.DataFrame(rows, schema={"member": pl.String, "stage": pl.String, "smoke gate": pl.String,
+                                      "weight": pl.Float64, "why not in": pl.String})  # fmt: skip
 
 
-def member_cost(plan: Plan, member: str) -> float:
-    """FLOPs per image recorded by the member's checkpoints; inf until measured, so an untried
-    backbone (possibly heavy) is scheduled after the members known to be cheap."""
-    for fold in plan.checkpoint_folds(member):
-        flops = (read_sidecar(plan.checkpoint_dir(member, fold)) or {}).get("metrics", {}).get("flops_per_image")
-        if flops:
-            return float(flops)
-    return float("inf")
+@dataclass(frozen=True)
+class OofCoverage:
+    coverage: str  # what the OOF should cover at the member's stage
+    expected: int
+    duplicated: int
+    missing: int
+    extra: int
+
+    @property
+    def ok(self) -> bool:
+        return self.duplicated == 0 and self.missing == 0 and self.extra == 0
+
+
+def oof_coverage(plan: Plan, member_key: str) -> OofCoverage:
+    """Whether a member's OOF table holds each cropped training image once (fold 0's at stage smoke)."""
+    member = plan.member(member_key)
+    oof = pl.read_parquet(plan.oof_path(member.key))
+    # Quarantined images have no crop, so they cannot have a prediction; the rest must, once.
+    cropped = CheckpointStore(plan).cropped_image_ids(member.threshold)
+    folds = pl.read_parquet(plan.folds_path).join(cropped, on="image_id")
+    expected = folds if member.stage == "cv" else folds.filter(pl.col("fold") == 0)
+    return OofCoverage(
+        coverage=CV_OOF if member.stage == "cv" else SMOKE_ONLY_OOF,
+        expected=expected.height,
+        duplicated=oof.height - oof["image_id"].n_unique(),
+        missing=expected.join(oof, on="image_id", how="anti").height,
+        extra=oof.join(expected, on="image_id", how="anti").height,
+    )

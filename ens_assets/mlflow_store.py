@@ -350,6 +350,7 @@ def log_pyfunc_model(
     code_paths: Sequence[str | Path] | None = None,
     pip_requirements: Sequence[str] | None = None,
     input_example: Any = None,
+    signature: Any = None,
 ) -> LoggedModel:
     """Save `python_model` (an mlflow.pyfunc.PythonModel) with its artifact files (name -> path: e.g. the
     ensemble folder) into run `run_id` under 'model', and register it under `registered_name` (one new
@@ -368,7 +369,7 @@ def log_pyfunc_model(
             artifacts={k: str(v) for k, v in (artifacts or {}).items()} or None,
             code_paths=[str(p) for p in code_paths] if code_paths else None,
             pip_requirements=list(pip_requirements) if pip_requirements is not None else None,
-            input_example=input_example,
+            input_example=input_example, signature=signature,
         )  # fmt: skip
         client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT_PATH)
     model_uri = f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}"

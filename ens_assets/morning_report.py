@@ -25,9 +25,9 @@ from ens_assets.atomic import write_json, write_parquet, write_text
 from ens_assets.ensemble.build import BEST_PREFIX, ENSEMBLE_PREFIX, NESTED_OOF_FILE, nested_probs
 from ens_assets.ensemble.diagnostics import all_fail_classes
 from ens_assets.ensemble.intervals import Resampler, compare
-from ens_assets.plan import SMOKE_FOLD, Plan
+from ens_assets.plan import Plan
 from ens_assets.promotion import PROMOTIONS_LOG
-from ens_assets.training.checkpoint import read_sidecar
+from ens_assets.training.checkpoint_store import CheckpointStore
 
 REPORT_FILE, SUMMARY_FILE, PROPOSALS_FILE, OOF_FILE = "report.md", "summary.json", "proposals.json", "ensemble_oof.parquet"
 LOWEST_THRESHOLD = 0.01
@@ -103,19 +103,18 @@ def promotions_since(plan: Plan, since: float) -> list[dict[str, Any]]:
 def smoke_verdicts(plan: Plan) -> list[dict[str, Any]]:
     """Every member's smoke verdict (from its smoke checkpoint), with a one-line reason."""
     rows = []
+    store = CheckpointStore(plan)
     for member in plan.members:
-        sidecar = read_sidecar(plan.checkpoint_dir(member.key, SMOKE_FOLD)) or {}
-        verdict = sidecar.get("smoke_verdict")
-        if not verdict:
+        verdict = store.verdict(member.key)
+        if verdict is None:
             rows.append({"member": member.key, "stage": member.stage, "verdict": "not run", "why": "no smoke checkpoint yet"})
             continue
-        metrics = verdict.get("metrics", {})
-        n_classes = len(sidecar.get("classes") or []) or 1
-        acc = float(metrics.get("val_accuracy", 0.0))
+        n_classes = len(store.smoke_classes(member.key)) or 1
+        acc = float(verdict.metrics.get("val_accuracy", 0.0))
         why = f"acc {acc:.2f}, {acc * n_classes:.1f}x chance"
-        if not verdict["passed"]:
-            why = "; ".join(verdict.get("reasons") or ["failed"])
-        rows.append({"member": member.key, "stage": member.stage, "verdict": "passed" if verdict["passed"] else "failed",
+        if not verdict.passed:
+            why = "; ".join(verdict.reasons or ["failed"])
+        rows.append({"member": member.key, "stage": member.stage, "verdict": "passed" if verdict.passed else "failed",
                      "why": why, "val_accuracy": acc, "times_chance": acc * n_classes})
     return rows
 
@@ -242,7 +241,40 @@ def build_morning_report(plan: Plan, date: str, events: Sequence[NightEvent], *,
     streak_before = prev_summary.get("zero_weight_streak", {})
     zero_streak = {m: int(streak_before.get(m, 0)) + 1 for m in zero}
 
-    lines = [f"# Morning report {date}", ""]
+    lines = [f"# Morning report {date}", "", *_night_lines(since, ran, events, verdicts, promotions)]
+    summary: dict[str, Any] = {"date": date, "as_of": now, "ran": ran, "verdicts": verdicts, "promotions": promotions,
+                               "zero_weight": zero, "zero_weight_streak": zero_streak, "previous": previous.name if previous else None}
+    short = [f"morning report {date}: trained {ran['trained']}, fresh {ran['skipped_fresh']}, failed {ran['failed']} "
+             f"({ran['compute_minutes']:.1f} min)"]
+    if ensemble is None:
+        lines += ["## Ensemble", "- no ensemble yet: promote members to cv and build it", ""]
+    else:
+        section, headline, short_line = _ensemble_section(plan, ensemble, previous, zero, zero_streak)
+        lines += section
+        summary.update(headline)
+        short.append(short_line)
+
+    proposals = build_proposals(plan, verdicts, recall, ensemble, zero_streak)
+    lines += ["## Proposals (each a params.yaml change)"]
+    lines += [f"{i}. {p['text']}" for i, p in enumerate(proposals, 1)] or ["- none"]
+    if proposals:
+        lines += ["", "Apply: `ens-assets apply-proposals` (shows the diff; `--yes` writes params.yaml)."]
+    short += [f"  proposal: {p['text']}" for p in proposals] or ["  no proposals"]
+    summary["proposals"] = [p["text"] for p in proposals]
+    markdown = "\n".join(lines) + "\n"
+    summary["short"] = "\n".join(short)
+
+    paths = {"report": write_text(out / REPORT_FILE, markdown), "proposals": write_json(out / PROPOSALS_FILE, proposals)}
+    if ensemble is not None:
+        paths["ensemble_oof"] = write_parquet(out / OOF_FILE, ensemble["oof"])
+    paths["summary"] = write_json(out / SUMMARY_FILE, summary)  # last: it marks the report complete
+    return MorningReport(date, markdown, "\n".join(short), summary, proposals, paths)
+
+
+def _night_lines(since: float, ran: dict[str, Any], events: Sequence[NightEvent], verdicts: list[dict[str, Any]],
+                 promotions: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+    """What ran since the last report, every smoke verdict and the automatic promotions, as Markdown lines."""
+    lines: list[str] = []
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since)) + " UTC" if since else "the beginning"
     lines += [f"## What ran (since {when})",
               f"- trained {ran['trained']}, skipped as fresh {ran['skipped_fresh']}, failed {ran['failed']}; "
@@ -260,50 +292,35 @@ def build_morning_report(plan: Plan, date: str, events: Sequence[NightEvent], *,
         lines += [f"- {p['member']} -> cv by {p['by']}: {p['reason']}" for p in promotions]
         lines.append("")
 
-    summary: dict[str, Any] = {"date": date, "as_of": now, "ran": ran, "verdicts": verdicts, "promotions": promotions,
-                               "zero_weight": zero, "zero_weight_streak": zero_streak, "previous": previous.name if previous else None}
-    short = [f"morning report {date}: trained {ran['trained']}, fresh {ran['skipped_fresh']}, failed {ran['failed']} "
-             f"({ran['compute_minutes']:.1f} min)"]
-    if ensemble is None:
-        lines += ["## Ensemble", "- no ensemble yet: promote members to cv and build it", ""]
-    else:
-        metrics, spec = ensemble["metrics"], ensemble["spec"]
-        e, b = metrics["ensemble"], metrics["best_member"]
-        classes = list(spec["classes"])
-        before = pl.read_parquet(previous / OOF_FILE) if previous and (previous / OOF_FILE).is_file() else None
-        deltas = _deltas(ensemble["oof"], before, classes, plan.ensemble.bootstrap_replicates)
-        d = deltas["deltas"]
-        picked = f" (auto picked {spec['method']})" if spec.get("selected_by") == "auto" else ""
-        lines += [f"## Ensemble `{plan.ensemble.method}`{picked}, nested OOF, 95% intervals over {deltas['unit']}",
-                  f"- log loss {e['log_loss']:.3f} [{e['log_loss_lo']:.3f}, {e['log_loss_hi']:.3f}]; "
-                  f"temperature-scaled {e['calibrated_log_loss']:.3f} (T = {spec.get('temperature', 1.0):.2f}); "
-                  f"accuracy {e['accuracy']:.3f} [{e['accuracy_lo']:.3f}, {e['accuracy_hi']:.3f}]",
-                  f"- best member `{b.get('name')}`: log loss {b['log_loss']:.3f} [{b['log_loss_lo']:.3f}, "
-                  f"{b['log_loss_hi']:.3f}], accuracy {b['accuracy']:.3f}",
-                  "", f"### Before/after: tonight vs {deltas['against']} ({deltas['images']} paired images)",
-                  f"- log loss {_fmt_delta(d['log_loss'])}", f"- accuracy {_fmt_delta(d['accuracy'])}", "",
-                  "| class | recall delta [95%] |", "| --- | --- |"]
-        lines += [f"| {k.split('/', 1)[1]} | {_fmt_delta(v)} |" for k, v in d.items() if k.startswith("recall/")]
-        lines.append("")
-        lines += ["## Members with zero weight"]
-        lines += [f"- `{m}` (zero for {zero_streak[m]} night(s) in a row)" for m in zero] or ["- none"]
-        lines.append("")
-        summary.update(ensemble=e, best_member=b, method=spec["method"], deltas=deltas)
-        short.append(f"  ensemble log loss {e['log_loss']:.3f} [{e['log_loss_lo']:.3f}, {e['log_loss_hi']:.3f}], "
-                     f"vs {deltas['against'].split(' (')[0]}: {_fmt_delta(d['log_loss'])}")
+    return lines
 
-    proposals = build_proposals(plan, verdicts, recall, ensemble, zero_streak)
-    lines += ["## Proposals (each a params.yaml change)"]
-    lines += [f"{i}. {p['text']}" for i, p in enumerate(proposals, 1)] or ["- none"]
-    if proposals:
-        lines += ["", "Apply: `ens-assets apply-proposals` (shows the diff; `--yes` writes params.yaml)."]
-    short += [f"  proposal: {p['text']}" for p in proposals] or ["  no proposals"]
-    summary["proposals"] = [p["text"] for p in proposals]
-    markdown = "\n".join(lines) + "\n"
-    summary["short"] = "\n".join(short)
 
-    paths = {"report": write_text(out / REPORT_FILE, markdown), "proposals": write_json(out / PROPOSALS_FILE, proposals)}
-    if ensemble is not None:
-        paths["ensemble_oof"] = write_parquet(out / OOF_FILE, ensemble["oof"])
-    paths["summary"] = write_json(out / SUMMARY_FILE, summary)  # last: it marks the report complete
-    return MorningReport(date, markdown, "\n".join(short), summary, proposals, paths)
+def _ensemble_section(plan: Plan, ensemble: dict[str, Any], previous, zero: list[str],
+                      zero_streak: dict[str, int]) -> tuple[list[str], dict[str, Any], str]:  # fmt: skip
+    """Tonight's ensemble against last night's (paired deltas) and its zero-weight members: Markdown lines, the
+    summary's headline fields and the short report's line."""
+    metrics, spec = ensemble["metrics"], ensemble["spec"]
+    e, b = metrics["ensemble"], metrics["best_member"]
+    classes = list(spec["classes"])
+    before = pl.read_parquet(previous / OOF_FILE) if previous and (previous / OOF_FILE).is_file() else None
+    deltas = _deltas(ensemble["oof"], before, classes, plan.ensemble.bootstrap_replicates)
+    d = deltas["deltas"]
+    picked = f" (auto picked {spec['method']})" if spec.get("selected_by") == "auto" else ""
+    lines = [f"## Ensemble `{plan.ensemble.method}`{picked}, nested OOF, 95% intervals over {deltas['unit']}",
+             f"- log loss {e['log_loss']:.3f} [{e['log_loss_lo']:.3f}, {e['log_loss_hi']:.3f}]; "
+             f"temperature-scaled {e['calibrated_log_loss']:.3f} (T = {spec.get('temperature', 1.0):.2f}); "
+             f"accuracy {e['accuracy']:.3f} [{e['accuracy_lo']:.3f}, {e['accuracy_hi']:.3f}]",
+             f"- best member `{b.get('name')}`: log loss {b['log_loss']:.3f} [{b['log_loss_lo']:.3f}, "
+             f"{b['log_loss_hi']:.3f}], accuracy {b['accuracy']:.3f}",
+             "", f"### Before/after: tonight vs {deltas['against']} ({deltas['images']} paired images)",
+             f"- log loss {_fmt_delta(d['log_loss'])}", f"- accuracy {_fmt_delta(d['accuracy'])}", "",
+             "| class | recall delta [95%] |", "| --- | --- |"]
+    lines += [f"| {k.split('/', 1)[1]} | {_fmt_delta(v)} |" for k, v in d.items() if k.startswith("recall/")]
+    lines.append("")
+    lines += ["## Members with zero weight"]
+    lines += [f"- `{m}` (zero for {zero_streak[m]} night(s) in a row)" for m in zero] or ["- none"]
+    lines.append("")
+    headline = dict(ensemble=e, best_member=b, method=spec["method"], deltas=deltas)
+    short = (f"  ensemble log loss {e['log_loss']:.3f} [{e['log_loss_lo']:.3f}, {e['log_loss_hi']:.3f}], "
+             f"vs {deltas['against'].split(' (')[0]}: {_fmt_delta(d['log_loss'])}")
+    return lines, headline, short

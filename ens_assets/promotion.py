@@ -7,43 +7,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from ens_assets.plan import SMOKE_FOLD, Member, Plan
+from ens_assets.training.checkpoint_store import CheckpointStore
 from ens_assets.training.smoke_gate import SmokeVerdict
 
 
-def read_verdict(checkpoint_dir) -> SmokeVerdict | None:
-    """The verdict stored in a smoke checkpoint's sidecar, or None when that checkpoint does not exist."""
-    from ens_assets.training.checkpoint import read_sidecar  # deferred: imports torch
-
-    stored = (read_sidecar(checkpoint_dir) or {}).get("smoke_verdict")
-    return SmokeVerdict(**stored) if stored else None
-
-
-def cv_gate_problem(plan, member_key: str, fold: str) -> str | None:
-    """Why a checkpoint partition may not run now, or None when it may ("earn your long runs")."""
-    from ens_assets.plan import SMOKE_FOLD
-
+def gate_problem(member: Member, fold: str, verdict: SmokeVerdict | None) -> str | None:
+    """Why partition `fold` of `member` may not run, given its stored smoke verdict; None when it may
+    ("earn your long runs"): smoke always runs, a k fold once the member is at cv and its smoke passed."""
     if fold == SMOKE_FOLD:
         return None
-    member = plan.member(member_key)
     if member.stage != "cv":
         return (
-            f"{member_key} is at stage '{member.stage}': fold {fold} runs only after promotion. Check its smoke "
-            f"checkpoint, then `ens-assets promote {member_key}` (or stage: auto promotes it once smoke passes)"
+            f"{member.key} is at stage '{member.stage}': fold {fold} runs only after promotion. Check its smoke "
+            f"checkpoint, then `ens-assets promote {member.key}` (or stage: auto promotes it once smoke passes)"
         )
-    verdict = read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD))
     if verdict is None:
-        return f"{member_key} has no smoke checkpoint yet: materialize partition {member_key}|{SMOKE_FOLD} first"
+        return f"{member.key} has no smoke checkpoint yet: materialize partition {member.key}|{SMOKE_FOLD} first"
     if not verdict.passed:
-        return f"{member_key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
+        return f"{member.key} failed its smoke gate, so it is never run on k folds: " + "; ".join(verdict.reasons)
     return None
+
+
+def cv_gate_problem(plan: Plan, member_key: str, fold: str) -> str | None:
+    """Why a checkpoint partition may not run now, or None when it may (gate_problem on the stored verdict)."""
+    member = plan.member(member_key)
+    needs_verdict = fold != SMOKE_FOLD and member.stage == "cv"
+    return gate_problem(member, fold, CheckpointStore(plan).verdict(member_key) if needs_verdict else None)
 
 
 def gate_summary(plan, member_key: str) -> str:
     """Which gate a member has passed, in one line (for the UI and reports)."""
-    from ens_assets.plan import SMOKE_FOLD
-
     member = plan.member(member_key)
-    verdict = read_verdict(plan.checkpoint_dir(member_key, SMOKE_FOLD))
+    verdict = CheckpointStore(plan).verdict(member_key)
     if verdict is None:
         return "no smoke run yet"
     if not verdict.passed:
@@ -77,19 +73,18 @@ def record_promotion(plan, member: str, reason: str, by: str) -> dict[str, Any]:
 def promote_passed_auto_members(params_path, by: str) -> list[dict[str, Any]]:
     """Promote every `stage: auto` member whose smoke gate passed to cv in params.yaml; return the decisions."""
     from ens_assets.params_edit import promote_member
-    from ens_assets.plan import SMOKE_FOLD, load_plan
-    from ens_assets.training.checkpoint import read_sidecar
+    from ens_assets.plan import load_plan
 
     plan = load_plan(params_path)
+    store = CheckpointStore(plan)
     decisions = []
     for member in plan.members:
         if member.stage != "auto":
             continue
-        sidecar = read_sidecar(plan.checkpoint_dir(member.key, SMOKE_FOLD)) or {}
-        verdict = read_verdict(plan.checkpoint_dir(member.key, SMOKE_FOLD))
+        verdict = store.verdict(member.key)
         if verdict is None or not verdict.passed:
             continue
-        reason = f"smoke passed: {smoke_summary(verdict, len(sidecar.get('classes') or []) or 1)}"
+        reason = f"smoke passed: {smoke_summary(verdict, len(store.smoke_classes(member.key)) or 1)}"
         promote_member(params_path, member.key)
         decisions.append(record_promotion(plan, member.key, reason, by))
     return decisions

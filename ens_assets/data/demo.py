@@ -148,95 +148,138 @@ def _draw_animal(label: str, image: Image.Image, rng: np.random.Generator) -> _A
     cx = rng.uniform(0.1, 0.9) * width
     cy = rng.uniform(0.6, 0.92) * height if small else rng.uniform(0.4, 0.75) * height
 
-    if label == "rodent":
-        h = w * rng.uniform(0.45, 0.6)
-        fur = _color(rng, (115, 95, 75))
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), fur)
-        hx = cx + facing * w * 0.45
-        shapes.ellipse((hx - h * 0.35, cy - h * 0.55, hx + h * 0.35, cy + h * 0.05), fur)
-        shapes.line([(cx - facing * w / 2, cy), (cx - facing * w * 1.0, cy + h * 0.3)], fur, max(1, w / 14))
-    elif label == "bird":
-        h = w * rng.uniform(0.6, 0.8)
-        plumage = _color(rng, rng.choice([(40, 50, 110), (150, 40, 40), (30, 30, 30), (200, 190, 160)]), 25)
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), plumage)
-        hx, hy = cx + facing * w * 0.45, cy - h * 0.45
-        shapes.ellipse((hx - h * 0.25, hy - h * 0.25, hx + h * 0.25, hy + h * 0.25), plumage)
-        shapes.polygon([(hx + facing * h * 0.2, hy - 2), (hx + facing * h * 0.6, hy), (hx + facing * h * 0.2, hy + 2)], (220, 180, 40))
-        shapes.line([(cx, cy + h / 2), (cx, cy + h * 0.9)], (90, 70, 40), 1)
-    elif label == "leopard":
-        h = w * rng.uniform(0.35, 0.45)
-        coat = _color(rng, (205, 160, 70))
-        for lx in (-0.35, -0.2, 0.2, 0.35):
-            x = cx + lx * w
-            shapes.line([(x, cy), (x, cy + h * 1.0)], coat, w / 14)
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
-        hx = cx + facing * w * 0.55
-        shapes.ellipse((hx - h * 0.35, cy - h * 0.75, hx + h * 0.35, cy - h * 0.05), coat)
-        shapes.line([(cx - facing * w / 2, cy - h * 0.1), (cx - facing * w * 0.85, cy + h * 0.5)], coat, w / 20)
-        spot = (35, 25, 15)
-        for _ in range(int(rng.integers(18, 30))):
-            sx = cx + rng.uniform(-0.45, 0.45) * w
-            sy = cy + rng.uniform(-0.35, 0.35) * h
-            r = rng.uniform(0.02, 0.035) * w
-            draw.ellipse((sx - r, sy - r, sx + r, sy + r), fill=spot)
-    elif label == "hog":
-        h = w * rng.uniform(0.55, 0.7)
-        skin = _color(rng, (55, 42, 36), 10)
-        for lx in (-0.3, -0.15, 0.15, 0.3):
-            x = cx + lx * w
-            shapes.line([(x, cy), (x, cy + h * 0.75)], skin, w / 9)
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), skin)
-        hx = cx + facing * w * 0.5
-        shapes.polygon([(hx, cy - h * 0.3), (hx + facing * w * 0.25, cy + h * 0.05), (hx, cy + h * 0.25)], skin)
-        for _ in range(8):
-            bx = cx + rng.uniform(-0.4, 0.4) * w
-            draw.line([(bx, cy - h * 0.45), (bx + rng.normal(0, 2), cy - h * 0.62)], fill=(25, 20, 18), width=1)
-    elif label == "antelope_duiker":
-        h = w * rng.uniform(0.32, 0.42)
-        coat = _color(rng, (150, 88, 48))
-        for lx in (-0.32, -0.2, 0.22, 0.34):
-            x = cx + lx * w
-            shapes.line([(x, cy), (x + rng.normal(0, 1), cy + h * 1.5)], coat, max(1, w / 30))
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
-        nx = cx + facing * w * 0.45
-        shapes.line([(nx, cy - h * 0.2), (nx + facing * w * 0.12, cy - h * 1.0)], coat, max(1, w / 18))
-        hx, hy = nx + facing * w * 0.14, cy - h * 1.05
-        shapes.ellipse((hx - h * 0.22, hy - h * 0.18, hx + h * 0.22, hy + h * 0.18), coat)
-        shapes.line([(hx, hy - h * 0.15), (hx - facing * h * 0.1, hy - h * 0.5)], (40, 30, 20), 1)
-    elif label == "civet_genet":
-        h = w * rng.uniform(0.28, 0.36)
-        coat = _color(rng, (180, 170, 140))
-        for lx in (-0.3, 0.3):
-            x = cx + lx * w
-            shapes.line([(x, cy), (x, cy + h * 0.8)], (30, 30, 30), w / 16)
-        shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
-        tail_end = (cx - facing * w * 1.05, cy + h * 0.2)
-        shapes.line([(cx - facing * w * 0.45, cy), tail_end], coat, max(2, w / 14))
-        for i in range(6):  # bands across the body and the tail
-            bx = cx + (i / 5 - 0.5) * w * 0.8
-            draw.line([(bx, cy - h * 0.45), (bx + rng.normal(0, 1), cy + h * 0.45)], fill=(25, 25, 25), width=max(1, int(w / 25)))
-            tx = cx - facing * w * (0.5 + 0.1 * i)
-            draw.line([(tx, cy - h * 0.1 + i * 0.04 * h), (tx, cy + h * 0.2 + i * 0.04 * h)], fill=(25, 25, 25), width=2)
-        hx = cx + facing * w * 0.5
-        shapes.ellipse((hx - h * 0.3, cy - h * 0.5, hx + h * 0.3, cy + h * 0.1), coat)
-    elif label == "monkey_prosimian":
-        h = w * rng.uniform(0.5, 0.7)
-        fur = _color(rng, (85, 72, 60))
-        shapes.ellipse((cx - w * 0.3, cy - h / 2, cx + w * 0.3, cy + h / 2), fur)
-        limb = max(2, w / 16)
-        for sx, sy in ((-0.3, -0.2), (0.3, -0.2), (-0.25, 0.4), (0.25, 0.4)):
-            shapes.line([(cx + sx * w, cy + sy * h), (cx + sx * w * 1.8, cy + sy * h + h * 0.7)], fur, limb)
-        shapes.line(
-            [(cx - facing * w * 0.25, cy + h * 0.3), (cx - facing * w * 0.7, cy + h * 0.1), (cx - facing * w * 0.9, cy - h * 0.6)],
-            fur,
-            limb,
-        )
-        hy = cy - h * 0.7
-        shapes.ellipse((cx - h * 0.3, hy - h * 0.3, cx + h * 0.3, hy + h * 0.3), fur)
-        shapes.ellipse((cx - h * 0.15, hy - h * 0.1, cx + h * 0.15, hy + h * 0.2), (190, 170, 150))
-    else:  # pragma: no cover - CLASSES_CONSERVISION is fixed
+    draw_class = _DRAW_CLASS.get(label)
+    if draw_class is None:  # pragma: no cover - CLASSES_CONSERVISION is fixed
         raise ValueError(f"no drawing for class {label!r}")
+    draw_class(shapes, draw, rng, cx, cy, w, facing)
 
+    occlusion = _occlude(label, shapes, draw, rng, width, height)
+    x0, y0 = max(0.0, shapes.x0), max(0.0, shapes.y0)
+    x1, y1 = min(float(width), shapes.x1), min(float(height), shapes.y1)
+    return _Animal(bbox=(x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height), occlusion=occlusion)
+
+
+def _draw_rodent(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+                 w: float, facing: int) -> None:
+    h = w * rng.uniform(0.45, 0.6)
+    fur = _color(rng, (115, 95, 75))
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), fur)
+    hx = cx + facing * w * 0.45
+    shapes.ellipse((hx - h * 0.35, cy - h * 0.55, hx + h * 0.35, cy + h * 0.05), fur)
+    shapes.line([(cx - facing * w / 2, cy), (cx - facing * w * 1.0, cy + h * 0.3)], fur, max(1, w / 14))
+
+
+def _draw_bird(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+               w: float, facing: int) -> None:
+    h = w * rng.uniform(0.6, 0.8)
+    plumage = _color(rng, rng.choice([(40, 50, 110), (150, 40, 40), (30, 30, 30), (200, 190, 160)]), 25)
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), plumage)
+    hx, hy = cx + facing * w * 0.45, cy - h * 0.45
+    shapes.ellipse((hx - h * 0.25, hy - h * 0.25, hx + h * 0.25, hy + h * 0.25), plumage)
+    shapes.polygon([(hx + facing * h * 0.2, hy - 2), (hx + facing * h * 0.6, hy), (hx + facing * h * 0.2, hy + 2)], (220, 180, 40))
+    shapes.line([(cx, cy + h / 2), (cx, cy + h * 0.9)], (90, 70, 40), 1)
+
+
+def _draw_leopard(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+                  w: float, facing: int) -> None:
+    h = w * rng.uniform(0.35, 0.45)
+    coat = _color(rng, (205, 160, 70))
+    for lx in (-0.35, -0.2, 0.2, 0.35):
+        x = cx + lx * w
+        shapes.line([(x, cy), (x, cy + h * 1.0)], coat, w / 14)
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
+    hx = cx + facing * w * 0.55
+    shapes.ellipse((hx - h * 0.35, cy - h * 0.75, hx + h * 0.35, cy - h * 0.05), coat)
+    shapes.line([(cx - facing * w / 2, cy - h * 0.1), (cx - facing * w * 0.85, cy + h * 0.5)], coat, w / 20)
+    spot = (35, 25, 15)
+    for _ in range(int(rng.integers(18, 30))):
+        sx = cx + rng.uniform(-0.45, 0.45) * w
+        sy = cy + rng.uniform(-0.35, 0.35) * h
+        r = rng.uniform(0.02, 0.035) * w
+        draw.ellipse((sx - r, sy - r, sx + r, sy + r), fill=spot)
+
+
+def _draw_hog(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+              w: float, facing: int) -> None:
+    h = w * rng.uniform(0.55, 0.7)
+    skin = _color(rng, (55, 42, 36), 10)
+    for lx in (-0.3, -0.15, 0.15, 0.3):
+        x = cx + lx * w
+        shapes.line([(x, cy), (x, cy + h * 0.75)], skin, w / 9)
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), skin)
+    hx = cx + facing * w * 0.5
+    shapes.polygon([(hx, cy - h * 0.3), (hx + facing * w * 0.25, cy + h * 0.05), (hx, cy + h * 0.25)], skin)
+    for _ in range(8):
+        bx = cx + rng.uniform(-0.4, 0.4) * w
+        draw.line([(bx, cy - h * 0.45), (bx + rng.normal(0, 2), cy - h * 0.62)], fill=(25, 20, 18), width=1)
+
+
+def _draw_antelope_duiker(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+                          w: float, facing: int) -> None:
+    h = w * rng.uniform(0.32, 0.42)
+    coat = _color(rng, (150, 88, 48))
+    for lx in (-0.32, -0.2, 0.22, 0.34):
+        x = cx + lx * w
+        shapes.line([(x, cy), (x + rng.normal(0, 1), cy + h * 1.5)], coat, max(1, w / 30))
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
+    nx = cx + facing * w * 0.45
+    shapes.line([(nx, cy - h * 0.2), (nx + facing * w * 0.12, cy - h * 1.0)], coat, max(1, w / 18))
+    hx, hy = nx + facing * w * 0.14, cy - h * 1.05
+    shapes.ellipse((hx - h * 0.22, hy - h * 0.18, hx + h * 0.22, hy + h * 0.18), coat)
+    shapes.line([(hx, hy - h * 0.15), (hx - facing * h * 0.1, hy - h * 0.5)], (40, 30, 20), 1)
+
+
+def _draw_civet_genet(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+                      w: float, facing: int) -> None:
+    h = w * rng.uniform(0.28, 0.36)
+    coat = _color(rng, (180, 170, 140))
+    for lx in (-0.3, 0.3):
+        x = cx + lx * w
+        shapes.line([(x, cy), (x, cy + h * 0.8)], (30, 30, 30), w / 16)
+    shapes.ellipse((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), coat)
+    tail_end = (cx - facing * w * 1.05, cy + h * 0.2)
+    shapes.line([(cx - facing * w * 0.45, cy), tail_end], coat, max(2, w / 14))
+    for i in range(6):  # bands across the body and the tail
+        bx = cx + (i / 5 - 0.5) * w * 0.8
+        draw.line([(bx, cy - h * 0.45), (bx + rng.normal(0, 1), cy + h * 0.45)], fill=(25, 25, 25), width=max(1, int(w / 25)))
+        tx = cx - facing * w * (0.5 + 0.1 * i)
+        draw.line([(tx, cy - h * 0.1 + i * 0.04 * h), (tx, cy + h * 0.2 + i * 0.04 * h)], fill=(25, 25, 25), width=2)
+    hx = cx + facing * w * 0.5
+    shapes.ellipse((hx - h * 0.3, cy - h * 0.5, hx + h * 0.3, cy + h * 0.1), coat)
+
+
+def _draw_monkey_prosimian(shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float,
+                           w: float, facing: int) -> None:
+    h = w * rng.uniform(0.5, 0.7)
+    fur = _color(rng, (85, 72, 60))
+    shapes.ellipse((cx - w * 0.3, cy - h / 2, cx + w * 0.3, cy + h / 2), fur)
+    limb = max(2, w / 16)
+    for sx, sy in ((-0.3, -0.2), (0.3, -0.2), (-0.25, 0.4), (0.25, 0.4)):
+        shapes.line([(cx + sx * w, cy + sy * h), (cx + sx * w * 1.8, cy + sy * h + h * 0.7)], fur, limb)
+    shapes.line(
+        [(cx - facing * w * 0.25, cy + h * 0.3), (cx - facing * w * 0.7, cy + h * 0.1), (cx - facing * w * 0.9, cy - h * 0.6)],
+        fur,
+        limb,
+    )
+    hy = cy - h * 0.7
+    shapes.ellipse((cx - h * 0.3, hy - h * 0.3, cx + h * 0.3, hy + h * 0.3), fur)
+    shapes.ellipse((cx - h * 0.15, hy - h * 0.1, cx + h * 0.15, hy + h * 0.2), (190, 170, 150))
+
+
+_DRAW_CLASS = {
+    "rodent": _draw_rodent,
+    "bird": _draw_bird,
+    "leopard": _draw_leopard,
+    "hog": _draw_hog,
+    "antelope_duiker": _draw_antelope_duiker,
+    "civet_genet": _draw_civet_genet,
+    "monkey_prosimian": _draw_monkey_prosimian,
+}
+
+
+def _occlude(label: str, shapes: "_Shapes", draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: int,
+             height: int) -> float:
+    """Sometimes foreground vegetation in front of the animal; the share of it hidden (0 when none)."""
     occlusion = 0.0
     if rng.random() < _OCCLUSION_PROB.get(label, 0.08):
         # Foreground vegetation in front of the animal: each blade hides a slice of it.
@@ -248,10 +291,7 @@ def _draw_animal(label: str, image: Image.Image, rng: np.random.Generator) -> _A
             draw.line([(bx, height), (bx + rng.normal(0, 0.05 * width), shapes.y0 - 0.2 * (shapes.y1 - shapes.y0))],
                       fill=green, width=max(2, int(span / 7)))
         occlusion = min(0.75, n_blades * 0.09)
-
-    x0, y0 = max(0.0, shapes.x0), max(0.0, shapes.y0)
-    x1, y1 = min(float(width), shapes.x1), min(float(height), shapes.y1)
-    return _Animal(bbox=(x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height), occlusion=occlusion)
+    return occlusion
 
 
 def _apply_lighting(image: Image.Image, site: _Site, night: bool, rng: np.random.Generator) -> Image.Image:

@@ -294,8 +294,3 @@ def detector_from_megadetector(manifest: pl.DataFrame, plan: Plan, out_json: Pat
             results, str(tmp), relative_path_base=str(plan.data_root), detector_file=str(weights)
         )
     return out_json
-
-
-def resolve_detections_json(plan: Plan, manifest: pl.DataFrame) -> Path:
-    """The plan's detections JSON: the configured (or demo) file, or one MegaDetector writes into the workdir."""
-    return plan.detections_json or detector_from_megadetector(manifest, plan)

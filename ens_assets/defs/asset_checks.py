@@ -14,7 +14,6 @@ from ens_assets.plan import Plan
 
 
 SMOKE_GATE = "smoke_gate"
-SMOKE_ONLY_OOF = "smoke only: fold 0's validation images, from the short smoke run (not an ensemble input)"
 
 
 def smoke_gate_spec(plan: Plan) -> dg.AssetCheckSpec:
@@ -32,7 +31,7 @@ def smoke_gate_spec(plan: Plan) -> dg.AssetCheckSpec:
 
 
 def smoke_gate_result(verdict) -> dg.AssetCheckResult:
-    """The check result of a smoke checkpoint's stored verdict (promotion.SmokeVerdict, None: no verdict)."""
+    """The check result of a smoke checkpoint's stored verdict (training.smoke_gate.SmokeVerdict, None: no verdict)."""
     if verdict is None:
         return dg.AssetCheckResult(check_name=SMOKE_GATE, passed=False, description="checkpoint has no verdict: retrain it")
     return dg.AssetCheckResult(
@@ -76,34 +75,22 @@ def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> li
     @dg.asset_check(asset=assets["crops"], partitions_def=threshold_partitions(plan), blocking=True)
     def every_image_accounted_for(context: dg.AssetCheckExecutionContext, plan_resource: PlanResource) -> dg.AssetCheckResult:
         """Each input image is used (crop), fallen back (full frame) or quarantined (with a reason)."""
-        plan = plan_resource.load()
-        summary = json.loads((plan.crops_dir(context.partition_key) / "summary.json").read_text())
-        accounted = summary["n_used"] + summary["n_fallback_only"] + summary["n_quarantined"]
-        return dg.AssetCheckResult(
-            passed=accounted == summary["n_images"],
-            metadata={k: summary[k] for k in ("n_images", "n_used", "n_fallback_only", "n_quarantined")},
-        )
+        from dataclasses import asdict
+
+        from ens_assets.training.checkpoint_store import CheckpointStore
+
+        accounting = CheckpointStore(plan_resource.load()).crop_accounting(context.partition_key)
+        return dg.AssetCheckResult(passed=accounting.complete, metadata=asdict(accounting))
 
     @dg.asset_check(asset=assets["oof_predictions"], partitions_def=member_partitions(plan))
     def oof_covers_each_training_image_once(
         context: dg.AssetCheckExecutionContext, plan_resource: PlanResource
     ) -> dg.AssetCheckResult:
-        plan = plan_resource.load()
-        member = plan.member(context.partition_key)
-        oof = pl.read_parquet(plan.oof_path(member.key))
-        # Quarantined images have no crop, so they cannot have a prediction; the rest must, once.
-        cropped = pl.read_parquet(plan.crops_dir(member.threshold) / "index.parquet").select("image_id").unique()
-        folds = pl.read_parquet(plan.folds_path).join(cropped, on="image_id")
-        expected = folds if member.stage == "cv" else folds.filter(pl.col("fold") == 0)
-        duplicated = oof.height - oof["image_id"].n_unique()
-        missing = expected.join(oof, on="image_id", how="anti").height
-        extra = oof.join(expected, on="image_id", how="anti").height
-        coverage = "every training image once (k folds)" if member.stage == "cv" else SMOKE_ONLY_OOF
-        return dg.AssetCheckResult(
-            passed=duplicated == 0 and missing == 0 and extra == 0,
-            description=f"covers {coverage}",
-            metadata={"coverage": coverage, "duplicated": duplicated, "missing": missing, "extra": extra,
-                      "expected": expected.height},
-        )
+        from dataclasses import asdict
+
+        from ens_assets.member_outputs import oof_coverage
+
+        coverage = oof_coverage(plan_resource.load(), context.partition_key)
+        return dg.AssetCheckResult(passed=coverage.ok, description=f"covers {coverage.coverage}", metadata=asdict(coverage))
 
     return [folds_keep_groups_together, every_image_accounted_for, oof_covers_each_training_image_once]

@@ -14,6 +14,7 @@ import dagster as dg
 from ens_assets.defs.asset_checks import build_asset_checks
 from ens_assets.defs.data_assets import build_data_assets
 from ens_assets.defs.ensemble_assets import build_ensemble_assets
+from ens_assets.defs.inference_assets import build_inbox_sensor, build_inference_assets, build_inference_job
 from ens_assets.defs.report_assets import build_promotion_sensor, build_report_assets
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.schedules import build_jobs, build_schedules, build_sensors
@@ -42,16 +43,19 @@ def build_definitions(params_path: str | Path | None = None, executor: dg.Execut
     by_name.update({a.key.to_user_string(): a for a in [*ensemble, *subsets]})
     report = build_report_assets(plan, by_name["ensemble_diagnostics"])
     by_name.update({a.key.to_user_string(): a for a in report})
+    inference = build_inference_assets(by_name["ensemble"])
     jobs = build_jobs(plan, by_name)
+    jobs["batch_predictions_job"] = build_inference_job(inference[0])
     # The morning report per date (ens-assets report; make demo ends with it).
     jobs["report_job"] = dg.define_asset_job("report_job", selection=dg.AssetSelection.assets(report[0]),
                                              partitions_def=report[0].partitions_def)
     return dg.Definitions(
-        assets=[*data, *training, *ensemble, *subsets, *report],
+        assets=[*data, *training, *ensemble, *subsets, *report, *inference],
         asset_checks=build_asset_checks(plan, by_name),
         jobs=list(jobs.values()),
         schedules=build_schedules(plan, jobs),
-        sensors=[*build_sensors(jobs), build_promotion_sensor(str(params_path), plan, jobs)],
+        sensors=[*build_sensors(jobs), build_promotion_sensor(str(params_path), plan, jobs),
+                 build_inbox_sensor(plan, jobs["batch_predictions_job"])],
         resources={
             "plan_resource": PlanResource(params_path=str(params_path)),
             "mlflow_tracking": MlflowTracking(),

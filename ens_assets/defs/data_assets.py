@@ -16,6 +16,15 @@ from ens_assets.plan import Plan
 
 
 def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
+    source_images = _source_images_asset()
+    manifest = _manifest_asset(source_images)
+    detections = _detections_asset(manifest)
+    crops = _crops_asset(plan, detections)
+    folds = _folds_asset(manifest)
+    return [source_images, manifest, detections, crops, folds]
+
+
+def _source_images_asset() -> dg.AssetsDefinition:
     @dg.asset(group_name="data", kinds={"python"})
     def source_images(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """The input images: the embedded demo (generated from a seed) or the user's data root."""
@@ -39,7 +48,10 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
                 f"{plan.params_file or Path(plan.base_dir) / 'params.yaml'} at your {plan.data.layout} dataset"
             )
         return dg.MaterializeResult(metadata={"root": dg.MetadataValue.path(str(plan.data_root))})
+    return source_images
 
+
+def _manifest_asset(source_images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="data", deps=[source_images], kinds={"polars"})
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
@@ -88,13 +100,16 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
                 **table_metadata(summary),
             }
         )
+    return manifest
 
+
+def _detections_asset(manifest: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="data", deps=[manifest], kinds={"polars"})
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
         refuse_failed_inputs(context)
         from ens_assets.atomic import write_json
-        from ens_assets.data.detections import no_detector_table, read_detections, resolve_detections_json
+        from ens_assets.data.detections import detector_from_megadetector, no_detector_table, read_detections
 
         plan = plan_resource.load()
         frame_manifest = pl.read_parquet(plan.manifest_path)
@@ -115,7 +130,8 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
             return dg.MaterializeResult(
                 metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
             )
-        json_path = resolve_detections_json(plan, frame_manifest)
+        # The configured (or demo) file, or one MegaDetector writes into the workdir.
+        json_path = plan.detections_json or detector_from_megadetector(frame_manifest, plan)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
         write_parquet(plan.detections_path, frame)
@@ -141,7 +157,10 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
                 "summary": dg.MetadataValue.path(str(plan.detections_summary_path)),
             }
         )
+    return detections
 
+
+def _crops_asset(plan: Plan, detections: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="data", deps=[detections], partitions_def=threshold_partitions(plan), kinds={"numpy"})
     def crops(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
@@ -171,7 +190,10 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
                 ),
             }
         )
+    return crops
 
+
+def _folds_asset(manifest: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="data", deps=[manifest], kinds={"scikitlearn"})
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
@@ -202,5 +224,4 @@ def build_data_assets(plan: Plan) -> list[dg.AssetsDefinition]:
                 "per_fold": dg.MetadataValue.md(frame_markdown(per_fold)),
             }
         )
-
-    return [source_images, manifest, detections, crops, folds]
+    return folds

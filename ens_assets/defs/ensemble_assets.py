@@ -15,6 +15,12 @@ from ens_assets.plan import Plan
 def build_ensemble_assets(
     plan: Plan, oof_predictions: dg.AssetsDefinition, test_predictions: dg.AssetsDefinition
 ) -> list[dg.AssetsDefinition]:
+    ensemble = _ensemble_asset(oof_predictions, test_predictions)
+    ensemble_diagnostics = _ensemble_diagnostics_asset(ensemble)
+    return [ensemble, ensemble_diagnostics]
+
+
+def _ensemble_asset(oof_predictions: dg.AssetsDefinition, test_predictions: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="ensemble", deps=[oof_predictions, test_predictions], kinds={"scikitlearn", "mlflow"})
     def ensemble(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
@@ -25,7 +31,7 @@ def build_ensemble_assets(
 
         from ens_assets.ensemble.build import build_ensemble
         from ens_assets.ensemble.plots import png_markdown
-        from ens_assets.member_outputs import collect_member_outputs
+        from ens_assets.member_outputs import collect_member_outputs, image_sites, member_table
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
@@ -77,27 +83,24 @@ def build_ensemble_assets(
                 "model_uri": model.registry_uri or model.model_uri,
             }
         )
+    return ensemble
 
+
+def _ensemble_diagnostics_asset(ensemble: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="ensemble", deps=[ensemble], kinds={"matplotlib"})
     def ensemble_diagnostics(
         context: dg.AssetExecutionContext, plan_resource: PlanResource, mlflow_tracking: MlflowTracking
     ) -> dg.MaterializeResult:
         """Per-class recall across members, all-fail and single-win classes, shared confusions: the roadmap."""
         refuse_failed_inputs(context)
-        import json
-
-        import polars as pl
-
-        from ens_assets.ensemble.build import NESTED_OOF_FILE, build_diagnostics
+        from ens_assets.ensemble.build import diagnose_built_ensemble
         from ens_assets.ensemble.plots import png_markdown
         from ens_assets.member_outputs import collect_member_outputs
 
         plan = plan_resource.load()
         outputs = collect_member_outputs(plan)
-        spec = json.loads((plan.ensemble_dir / "spec.json").read_text())
-        nested_oof = pl.read_parquet(plan.ensemble_dir / NESTED_OOF_FILE)
-        diagnostics = build_diagnostics(outputs.oof, outputs.classes, spec, plan.ensemble, plan.diagnostics_dir,
-                                        nested_oof=nested_oof, scores=pl.read_parquet(plan.ensemble_dir / "scores.parquet"))
+        diagnostics = diagnose_built_ensemble(outputs.oof, outputs.classes, plan.ensemble, plan.ensemble_dir,
+                                              plan.diagnostics_dir)
         run = mlflow_store.read_run_record(plan.ensemble_dir)
         # Into the ensemble's own run, in the store it was logged to (the record names it).
         tracking = replace(mlflow_tracking.resolve(plan), uri=run["tracking_uri"])
@@ -117,32 +120,7 @@ def build_ensemble_assets(
                 "mlflow_run_id": run["run_id"],
             }
         )
-
-    return [ensemble, ensemble_diagnostics]
-
-
-def member_table(plan: Plan, spec: dict, excluded: dict[str, str]):
-    """Every member of the plan: which gate it passed, its weight, or why it is not in the ensemble."""
-    import polars as pl
-
-    from ens_assets.plan import SMOKE_FOLD
-    from ens_assets.promotion import read_verdict
-
-    weights = spec.get("weights", {})
-    rows = []
-    for m in plan.members:
-        verdict = read_verdict(plan.checkpoint_dir(m.key, SMOKE_FOLD))
-        gate = "not run" if verdict is None else ("passed" if verdict.passed else "FAILED")
-        if m.key in weights:
-            why = ""
-        elif verdict is not None and not verdict.passed:
-            why = "smoke gate failed: " + "; ".join(verdict.reasons)
-        else:
-            why = excluded.get(m.key, "")
-        rows.append({"member": m.key, "stage": m.stage, "smoke gate": gate,
-                     "weight": float(weights[m.key]) if m.key in weights else None, "why not in": why})  # fmt: skip
-    return pl.DataFrame(rows, schema={"member": pl.String, "stage": pl.String, "smoke gate": pl.String,
-                                      "weight": pl.Float64, "why not in": pl.String})  # fmt: skip
+    return ensemble_diagnostics
 
 
 def scores_for_people(scores):
@@ -174,18 +152,6 @@ def scores_for_people(scores):
 def _for_people(frame):
     """The columns a reader compares; flags the other columns already say (kind, nested) are dropped."""
     return frame.drop([c for c in ("kind", "nested", "in_sample_accuracy") if c in frame.columns])
-
-
-def image_sites(plan: Plan) -> dict[str, str] | None:
-    """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
-    import polars as pl
-
-    if not plan.folds_path.is_file():
-        return None
-    folds = pl.read_parquet(plan.folds_path)
-    if "site" not in folds.columns or folds["site"].null_count():
-        return None
-    return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
 
 
 def _headline(scores, method: str) -> dict[str, float]:

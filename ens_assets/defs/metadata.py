@@ -125,7 +125,7 @@ def _number(value: Any) -> str:
 
 
 def verdict_metadata(verdict) -> dict[str, Any]:
-    """The smoke verdict on its checkpoint partition: passed/failed and why (promotion.SmokeVerdict)."""
+    """The smoke verdict on its checkpoint partition: passed/failed and why (training.smoke_gate.SmokeVerdict)."""
     if verdict is None:
         return {"smoke_gate": dg.MetadataValue.text("no verdict: retrain this checkpoint")}
     text = "passed" if verdict.passed else "FAILED: " + "; ".join(verdict.reasons)

@@ -5,14 +5,8 @@ import dagster as dg
 
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.defs.resources import PlanResource
-from ens_assets.plan import SMOKE_FOLD, Plan
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
+from ens_assets.plan import Plan
+from ens_assets.runs.in_flight import in_flight_partitions
 
 
 def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, dg.JobDefinition]:
@@ -52,26 +46,12 @@ def build_jobs(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> dict[str, 
 
 
 def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[dg.RunRequest]:
-    """Checkpoint partitions that are missing or stale, cheapest members first, none already queued/running.
+    """Checkpoint partitions that are missing or stale, in checkpoint_order (smoke first, then the k folds of
+    members that passed the gate, cheapest first), none already queued/running."""
+    from ens_assets.checkpoint_order import checkpoint_order, read_checkpoint_state
 
-    Smoke runs always come before k-fold runs; a member's cv folds are requested only once its smoke
-    checkpoint passed the gate (cv_gate_problem), so a member that failed smoke is never scheduled for k-fold.
-    """
-    from ens_assets.member_outputs import member_cost
-    from ens_assets.promotion import cv_gate_problem
-    from ens_assets.training.run import checkpoint_is_fresh
-
-    wanted: list[tuple[tuple, str, str]] = []
-    for member in plan.members:
-        cost = member_cost(plan, member.key)
-        for fold in plan.checkpoint_folds(member):
-            if fold != SMOKE_FOLD and cv_gate_problem(plan, member.key, fold):
-                continue
-            if checkpoint_is_fresh(plan, member.key, fold):
-                continue
-            wanted.append(((fold != SMOKE_FOLD, cost, member.key, fold), member.key, fold))
     requests = []
-    for rank, (_, member, fold) in enumerate(sorted(wanted)):
+    for rank, (member, fold) in enumerate(checkpoint_order(plan, read_checkpoint_state(plan)).runs):
         key = checkpoint_key(member, fold)
         if str(key) in in_flight:
             continue
@@ -85,11 +65,6 @@ def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[d
             )
         )
     return requests
-
-
-def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str]:
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
-    return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
 
 
 def _tick_date(context: dg.ScheduleEvaluationContext) -> str:
@@ -134,14 +109,15 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
     )
     def morning_predictions(context: dg.ScheduleEvaluationContext, plan_resource: PlanResource):
         plan_now = plan_resource.load()
-        from ens_assets.member_outputs import checkpoints_complete
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
+        store = CheckpointStore(plan_now)
         busy = in_flight_partitions(context.instance, "predictions_job")
         morning = _tick_date(context)
         requests = [
             dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(m), "ens_assets/member": m})
             for m in plan_now.member_keys
-            if m not in busy and checkpoints_complete(plan_now, m)
+            if m not in busy and store.complete(m)
         ]
         return requests or dg.SkipReason("no member has a complete set of checkpoints that is not already being predicted")
 

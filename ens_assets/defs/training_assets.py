@@ -5,7 +5,7 @@ import polars as pl
 
 import dagster as dg
 
-from ens_assets.defs.asset_checks import SMOKE_ONLY_OOF, smoke_gate_result, smoke_gate_spec
+from ens_assets.defs.asset_checks import smoke_gate_result, smoke_gate_spec
 from ens_assets.defs.metadata import checkpoint_metadata, frame_markdown, table_metadata, verdict_metadata
 from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
@@ -22,7 +22,13 @@ GPU_STEP_OP_TAGS = {
 def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
     members = member_partitions(plan)
     collapse_folds = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="member")
+    checkpoints = _checkpoints_asset(plan, crops, folds)
+    oof_predictions = _oof_predictions_asset(members, checkpoints, collapse_folds)
+    test_predictions = _test_predictions_asset(members, checkpoints, collapse_folds)
+    return [checkpoints, oof_predictions, test_predictions]
 
+
+def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="checkpoints",
         specs=[
@@ -52,11 +58,12 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         """Train (or skip when fresh) one member x fold checkpoint; on smoke partitions, judge the smoke gate."""
         refuse_failed_inputs(context)
         from ens_assets.ensemble.plots import png_markdown
-        from ens_assets.promotion import cv_gate_problem, read_verdict
-        from ens_assets.training.checkpoint import read_sidecar
         from ens_assets.member_runs import train_member_fold
+        from ens_assets.promotion import cv_gate_problem
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         plan = plan_resource.load()
+        store = CheckpointStore(plan)
         keys = context.partition_key.keys_by_dimension
         member, fold = keys["member"], keys["fold"]
         problem = cv_gate_problem(plan, member, fold)
@@ -64,7 +71,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
             raise dg.Failure(description=problem, allow_retries=False)
         tracking = mlflow_tracking.resolve(plan)
         result = train_member_fold(plan, member, fold, log=context.log.info, tracking=tracking)
-        sidecar = read_sidecar(result.checkpoint_dir) or {}
+        sidecar = store.sidecar(member, fold) or {}
         metadata = {
             "member": member,
             "fold": fold,
@@ -78,12 +85,12 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         if result.mlflow_run_id:
             metadata["mlflow_run_id"] = result.mlflow_run_id
         metadata["mlflow_tracking_uri"] = tracking.uri
-        confusion_png = result.checkpoint_dir / "confusion_matrix.png"
-        if confusion_png.is_file():
-            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png.read_bytes(), "confusion matrix"))
+        confusion_png = store.confusion_png(member, fold)
+        if confusion_png is not None:
+            metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
         if fold == SMOKE_FOLD:
-            verdict = read_verdict(result.checkpoint_dir)
+            verdict = store.verdict(member)
             metadata.update(verdict_metadata(verdict))
             check_results.append(smoke_gate_result(verdict))
             for observation in fold_gate_observations(plan, member, verdict):
@@ -95,7 +102,10 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         yield dg.MaterializeResult(
             metadata=metadata, data_version=dg.DataVersion(result.fingerprint), check_results=check_results
         )
+    return checkpoints
 
+
+def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="training",
         partitions_def=members,
@@ -105,6 +115,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
     def oof_predictions(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """Out-of-fold probabilities of one member: every training image once, from the fold that held it out."""
         refuse_failed_inputs(context)
+        from ens_assets.member_outputs import CV_OOF, SMOKE_ONLY_OOF
         from ens_assets.promotion import gate_summary
         from ens_assets.training.run import oof_summary, predict_member_oof
 
@@ -115,7 +126,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
         summary = oof_summary(frame, classes)
         recall = pl.DataFrame([{"class": c, "recall": summary.pop(f"recall_{c}")} for c in classes])
         # A smoke-stage member's OOF covers fold 0 only: say so where its row count is shown.
-        coverage = "every training image once (k folds)" if member.stage == "cv" else SMOKE_ONLY_OOF
+        coverage = CV_OOF if member.stage == "cv" else SMOKE_ONLY_OOF
         return dg.MaterializeResult(
             metadata={
                 "coverage": dg.MetadataValue.text(coverage),
@@ -126,7 +137,10 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
                 "path": dg.MetadataValue.path(str(plan.oof_path(member.key))),
             }
         )
+    return oof_predictions
 
+
+def _test_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="training",
         partitions_def=members,
@@ -146,8 +160,7 @@ def build_training_assets(plan: Plan, crops: dg.AssetsDefinition, folds: dg.Asse
                 "path": dg.MetadataValue.path(str(plan.test_predictions_path(context.partition_key))),
             }
         )
-
-    return [checkpoints, oof_predictions, test_predictions]
+    return test_predictions
 
 
 def fold_gate_observations(plan: Plan, member: str, verdict) -> list[dg.AssetObservation]:

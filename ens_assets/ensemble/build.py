@@ -103,19 +103,7 @@ def build_ensemble(
         raise ValueError(f"submission_format '{submission_format}' is not supported; use one of {SUBMISSION_FORMATS}")
     out_dir = Path(out_dir)
     classes = list(classes)
-    stack = stack_members(oof, classes)
-    no_test = [m for m in stack.members if m not in test]
-    if no_test:
-        raise PredictionTableError(f"members {no_test} have OOF but no test predictions; predict the test set "
-                                   "with every member before building the ensemble")
-    test_stack = stack_test({m: test[m] for m in stack.members}, classes)
-    partial = {m: n for m, n in test_stack.dropped.items() if n}
-    if partial:
-        raise PredictionTableError(
-            f"test predictions cover different images: members {partial} have rows the others lack "
-            f"(only {len(test_stack.image_ids)} images are shared); a submission needs every test image, so "
-            "re-run prediction for the members that miss images"
-        )
+    stack, test_stack = _stacks(oof, test, classes)
     member_flops = _member_flops(member_info, stack.members)
     n_test = len(test_stack.image_ids)
 
@@ -155,6 +143,45 @@ def build_ensemble(
     held_out = held_out_scores(scored.table, scored.fitted, test_stack, test_labels or {})
     table = with_test_columns(scored.table, held_out)
     spec["test_labelled_images"] = held_out.n_labelled if held_out else 0
+    metrics = _ensemble_metrics(scored, stack, cfg, methods, compute, member_flops, held_out, table, n_test)
+    nested_oof = _nested_oof_table(stack, site_of, scored.nested_probs[cfg.method],
+                                   scored.calibrated_probs[cfg.method], scored.nested_probs[BEST_SINGLE])
+    curves = reliability_curves(nested_oof, classes)
+    metrics["ensemble"]["ece"] = curves["ensemble"]["ece"]
+    metrics["ensemble"]["calibrated_ece"] = curves["ensemble, temperature-scaled"]["ece"]
+    metrics["best_member"]["ece"] = curves["best member"]["ece"]
+
+    submission = pl.DataFrame({"id": test_stack.image_ids}, schema={"id": pl.String}).with_columns(
+        [pl.Series(c, test_probs[:, i]) for i, c in enumerate(classes)]
+    )
+    pareto = pareto_png(compute)
+    paths = _write_outputs(out_dir, spec, table, metrics, compute, pareto, nested_oof, held_out, submission)
+    return EnsembleResult(spec, table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
+
+
+def _stacks(oof: dict[str, pl.DataFrame], test: dict[str, pl.DataFrame], classes: list[str]):
+    """The members' OOF and test predictions stacked; every member needs test rows for the same images."""
+    stack = stack_members(oof, classes)
+    no_test = [m for m in stack.members if m not in test]
+    if no_test:
+        raise PredictionTableError(f"members {no_test} have OOF but no test predictions; predict the test set "
+                                   "with every member before building the ensemble")
+    test_stack = stack_test({m: test[m] for m in stack.members}, classes)
+    partial = {m: n for m, n in test_stack.dropped.items() if n}
+    if partial:
+        raise PredictionTableError(
+            f"test predictions cover different images: members {partial} have rows the others lack "
+            f"(only {len(test_stack.image_ids)} images are shared); a submission needs every test image, so "
+            "re-run prediction for the members that miss images"
+        )
+    return stack, test_stack
+
+
+def _ensemble_metrics(scored, stack, cfg: EnsembleConfig, methods, compute, member_flops, held_out, table,
+                      n_test: int) -> dict[str, Any]:  # fmt: skip
+    """metrics.json without the ECE figures: the configured ensemble and the best member with intervals,
+    every method paired with the configured one, and the test split's scores when it is labelled."""
+    combiner, temperature = scored.fitted[cfg.method], scored.temperatures[cfg.method]
     rows = {r["name"]: r for r in scored.table.iter_rows(named=True)}
     chosen, best = rows[cfg.method], rows[BEST_SINGLE]
     interval_keys = ("log_loss", "log_loss_lo", "log_loss_hi", "accuracy", "accuracy_lo", "accuracy_hi",
@@ -179,18 +206,11 @@ def build_ensemble(
         metrics["test"] = {r["name"]: {"log_loss": r["test_log_loss"], "accuracy": r["test_accuracy"],
                                        "recall": recall[r["name"]]} for r in held_out.scores.to_dicts()}
         metrics["test_split"]["site_shift"] = [m for m, _, _ in site_shift(table, cfg.site_shift_ratio)]
+    return metrics
 
-    nested_oof = _nested_oof_table(stack, site_of, scored.nested_probs[cfg.method],
-                                   scored.calibrated_probs[cfg.method], scored.nested_probs[BEST_SINGLE])
-    curves = reliability_curves(nested_oof, classes)
-    metrics["ensemble"]["ece"] = curves["ensemble"]["ece"]
-    metrics["ensemble"]["calibrated_ece"] = curves["ensemble, temperature-scaled"]["ece"]
-    metrics["best_member"]["ece"] = curves["best member"]["ece"]
 
-    submission = pl.DataFrame({"id": test_stack.image_ids}, schema={"id": pl.String}).with_columns(
-        [pl.Series(c, test_probs[:, i]) for i, c in enumerate(classes)]
-    )
-    pareto = pareto_png(compute)
+def _write_outputs(out_dir: Path, spec, table, metrics, compute, pareto, nested_oof, held_out, submission) -> dict[str, Path]:
+    """Every file of the ensemble folder, each written atomically."""
     paths = {
         "spec": write_json(out_dir / "spec.json", spec),
         "scores": write_parquet(out_dir / "scores.parquet", table),
@@ -209,7 +229,22 @@ def build_ensemble(
     with atomic_path(out_dir / "submission.csv", suffix=".csv") as tmp:
         submission.write_csv(tmp)
     paths["submission"] = out_dir / "submission.csv"
-    return EnsembleResult(spec, table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
+    return paths
+
+
+def diagnose_built_ensemble(
+    oof: dict[str, pl.DataFrame], classes: Sequence[str], cfg: EnsembleConfig, ensemble_dir: Path, out_dir: Path
+) -> DiagnosticsResult:
+    """build_diagnostics of the ensemble build_ensemble wrote to `ensemble_dir` (its spec, nested OOF, scores)."""
+    import json
+
+    ensemble_dir = Path(ensemble_dir)
+    spec_path = ensemble_dir / "spec.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path}: no fitted ensemble; materialize the ensemble asset first")
+    return build_diagnostics(oof, classes, json.loads(spec_path.read_text()), cfg, out_dir,
+                             nested_oof=pl.read_parquet(ensemble_dir / NESTED_OOF_FILE),
+                             scores=pl.read_parquet(ensemble_dir / "scores.parquet"))  # fmt: skip
 
 
 def build_diagnostics(

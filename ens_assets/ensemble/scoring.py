@@ -114,14 +114,7 @@ def score_methods(stack: MemberStack, methods: Sequence[str], *, groups: Sequenc
     auto_info: dict[str, Any] = {}
     for method in methods:
         if method == AUTO:
-            per_fold = ({f: min(concrete, key=lambda m: score_probs(inner[m][f], y[F != f])[0]) for f in folds}
-                        if nested else {})
-            probs = np.empty_like(held_out[concrete[0]])
-            for f, m in per_fold.items():
-                probs[F == f] = held_out[m][F == f]
-            overall = min(concrete, key=lambda m: score_probs(held_out[m], y)[0])
-            if not nested:
-                probs = held_out[overall]
+            probs, per_fold, overall = _auto_pick(concrete, held_out, inner, y, F, folds, nested)
             fitted[AUTO] = fitted[overall]
             auto_info = {"chosen": overall, "per_fold": {str(int(f)): m for f, m in per_fold.items()},
                          "candidates": concrete}
@@ -137,6 +130,30 @@ def score_methods(stack: MemberStack, methods: Sequence[str], *, groups: Sequenc
         rows.append(dict(name=method, kind="ensemble", in_sample_log_loss=in_ll, in_sample_accuracy=in_acc,
                          members_used=_members_used(fitted[method]), nested=nested, note=row_note))
 
+    best_name = _add_member_rows(stack, y, F, rows, rows_probs, rows_calibrated)
+    resampler = Resampler(groups, len(y), replicates=replicates)
+    # The temperature of "auto" and of the best member is the one of what they stand for.
+    sources = {AUTO: auto_info.get("chosen"), BEST_SINGLE: best_name}
+    temperatures = _add_intervals(rows, rows_probs, rows_calibrated, {**held_out, **rows_probs}, sources, y, resampler)
+    table = pl.DataFrame([{c: r[c] for c in SCORE_COLUMNS} for r in rows], schema=SCORE_SCHEMA)
+    return MethodScores(table, fitted, rows_probs, rows_calibrated, temperatures, nested, auto_info, resampler)
+
+
+def _auto_pick(concrete, held_out, inner, y, F, folds, nested) -> tuple[np.ndarray, dict, str]:
+    """"auto": fold f scored with the method the other folds' inner log loss preferred; and the overall pick."""
+    per_fold = ({f: min(concrete, key=lambda m: score_probs(inner[m][f], y[F != f])[0]) for f in folds}
+                if nested else {})  # fmt: skip
+    probs = np.empty_like(held_out[concrete[0]])
+    for f, m in per_fold.items():
+        probs[F == f] = held_out[m][F == f]
+    overall = min(concrete, key=lambda m: score_probs(held_out[m], y)[0])
+    if not nested:
+        probs = held_out[overall]
+    return probs, per_fold, overall
+
+
+def _add_member_rows(stack: MemberStack, y, F, rows: list, rows_probs: dict, rows_calibrated: dict) -> str:
+    """A row per member and one for the best single member (lowest OOF log loss); returns the best's name."""
     member_rows = []
     for name, probs in zip(stack.members, stack.probs):
         ll, acc = score_probs(probs, y)
@@ -151,24 +168,27 @@ def score_methods(stack: MemberStack, methods: Sequence[str], *, groups: Sequenc
     rows_probs[BEST_SINGLE], rows_calibrated[BEST_SINGLE] = rows_probs[best_name], rows_calibrated[best_name]
     rows.append({**member_rows[best], "name": BEST_SINGLE, "note": f"{best_name}: lowest OOF log loss among the members"})
     rows.extend(member_rows)
+    return best_name
 
-    resampler = Resampler(groups, len(y), replicates=replicates)
+
+def _add_intervals(rows: list, rows_probs: dict, rows_calibrated: dict, temperature_probs: dict, sources: dict, y,
+                   resampler: Resampler) -> dict[str, float]:  # fmt: skip
+    """Each row's scores with bootstrap intervals, its paired delta against the best member and its temperature."""
     best_losses = image_log_losses(rows_probs[BEST_SINGLE], y)
     temperatures = {}
     for row in rows:
         probs = rows_probs[row["name"]]
         scored = score_intervals(probs, y, resampler)
         delta = resampler.paired(image_log_losses(probs, y), best_losses)
-        source = {AUTO: auto_info.get("chosen"), BEST_SINGLE: best_name}.get(row["name"], row["name"])
-        temperatures[row["name"]] = TemperatureScaler().fit({**held_out, **rows_probs}[source], y).temperature_
+        source = sources.get(row["name"], row["name"])
+        temperatures[row["name"]] = TemperatureScaler().fit(temperature_probs[source], y).temperature_
         row.update(
             log_loss=score_probs(probs, y)[0], log_loss_lo=scored["log_loss"].lo, log_loss_hi=scored["log_loss"].hi,
             accuracy=scored["accuracy"].value, accuracy_lo=scored["accuracy"].lo, accuracy_hi=scored["accuracy"].hi,
             calibrated_log_loss=score_probs(rows_calibrated[row["name"]], y)[0], temperature=temperatures[row["name"]],
             delta_vs_best=delta.value, delta_lo=delta.lo, delta_hi=delta.hi, better_than_best=bool(delta.hi < 0),
         )
-    table = pl.DataFrame([{c: r[c] for c in SCORE_COLUMNS} for r in rows], schema=SCORE_SCHEMA)
-    return MethodScores(table, fitted, rows_probs, rows_calibrated, temperatures, nested, auto_info, resampler)
+    return temperatures
 
 
 def honest_scores(stack: MemberStack, methods: list[str], **kw: Any) -> pl.DataFrame:

@@ -20,7 +20,7 @@ from ens_assets.atomic import building_dir, replace_dir, write_json, write_text
 from ens_assets.data.crops import CropSettings, crop_settings
 from ens_assets.ensemble.combiners import Combiner, combiner_from_spec
 from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, Plan, threshold_key
-from ens_assets.training.checkpoint import read_sidecar
+from ens_assets.training.checkpoint import WEIGHTS_FILE
 
 ARTEFACT_FILE = "ensemble.json"
 ARTEFACT_FORMAT = "ens-assets-ensemble"
@@ -147,26 +147,42 @@ def artefact_from_plan(plan: Plan, ensemble_dir: Path | None = None) -> Ensemble
 
 
 def _plan_member(plan: Plan, key: str, spec: dict[str, Any]) -> MemberModel:
+    """A member's fold models as the checkpoint store records them (architecture, classes, input size, the crop
+    rule its crop cache was built with), each checked against the ensemble's MLflow runs and its sha256."""
+    from ens_assets.training.checkpoint import CheckpointError
+    from ens_assets.training.checkpoint_store import CheckpointStore
+
     if key not in plan.member_keys:
         raise ArtefactError(f"ensemble member '{key}' is no longer in {plan.params_file or 'params.yaml'}; "
                             "re-materialize the ensemble (or restore the member) before predicting")
+    store = CheckpointStore(plan)
     fitted_runs = set((spec.get("member_info", {}).get(key) or {}).get("mlflow_run_ids") or [])
-    folds, classes = [], None
-    for fold in plan.prediction_folds(key):
-        directory = plan.checkpoint_dir(key, fold)
-        sidecar = read_sidecar(directory)
-        if sidecar is None:
-            raise ArtefactError(f"{directory}: no checkpoint for ensemble member {key} fold {fold}; materialize it")
-        if fitted_runs and sidecar.get("mlflow_run_id") not in fitted_runs:
-            raise ArtefactError(f"{directory}: retrained after the ensemble was fitted (MLflow run "
-                                f"{sidecar.get('mlflow_run_id')} is not among the ensemble's); re-materialize "
+    try:
+        fold_specs = [store.fold_model_spec(key, fold) for fold in store.fold_checkpoints(key)]
+    except CheckpointError as exc:
+        raise ArtefactError(f"ensemble member {key}: {exc}") from None
+    folds = []
+    for fold in fold_specs:
+        if fitted_runs and fold.mlflow_run_id not in fitted_runs:
+            raise ArtefactError(f"{fold.directory}: retrained after the ensemble was fitted (MLflow run "
+                                f"{fold.mlflow_run_id} is not among the ensemble's); re-materialize "
                                 "test_predictions and the ensemble so the combiner matches the checkpoints")
-        classes = tuple(sidecar["classes"])
-        folds.append(FoldWeights(fold, directory / sidecar.get("weights_file", "model.safetensors"),
-                                 sidecar["weights_sha256"]))
+        folds.append(FoldWeights(fold.fold, fold.directory / WEIGHTS_FILE, fold.weights_sha256 or ""))
         _check_sha(folds[-1])
-    return MemberModel(key, plan.member(key).backbone, classes or (), member_crop_rule(plan, key), tuple(folds),
-                       plan.training_config(key).batch_size * 2)
+    first = fold_specs[0]
+    return MemberModel(key, first.architecture, tuple(first.classes), _stored_crop_rule(plan, first),
+                       tuple(folds), plan.training_config(key).batch_size * 2)
+
+
+def _stored_crop_rule(plan: Plan, fold) -> CropRule:
+    """The crop rule a fold model was trained on (checkpoint_store.FoldModelSpec.crop) as a CropRule."""
+    crop, key = fold.crop, fold.crop["threshold"]
+    min_conf = None if key == NO_DETECTOR_KEY else (0.0 if key == ANNOTATED_BOXES_KEY else float(key))
+    return CropRule(threshold=key, min_conf=min_conf, categories=tuple(crop.get("categories") or ("animal",)),
+                    mode=crop.get("mode", "top"), square=bool(crop.get("square", True)),
+                    padding=float(crop.get("padding", 0.1)), min_size_px=int(crop.get("min_size_px", 8)),
+                    cache_size=int(crop["image_size"]), image_size=fold.image_size,
+                    max_pixels=plan.data.max_image_pixels)
 
 
 def artefact_version(artefact: EnsembleArtefact) -> str:

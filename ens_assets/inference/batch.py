@@ -22,8 +22,12 @@ def predict_batch(
     workers: int | None = None,
     batch_images: int | None = None,
     progress: bool = False,
+    expected_files: set[str] = frozenset(),
 ) -> PredictOutputs:
-    """Predict every photo of a folder (recursive) or CSV of paths and write the outputs into out_dir."""
+    """Predict every photo of a folder (recursive) or CSV of paths and write the outputs into out_dir.
+
+    `expected_files`: names in the folder that are known not to be photos (a marker, the detections JSON):
+    not mentioned among the skipped files."""
     artefact = ensemble if isinstance(ensemble, EnsembleArtefact) else resolve_artefact(ensemble, plan)
     listing = list_images(images)
     bar = None
@@ -38,7 +42,8 @@ def predict_batch(
     finally:
         if bar is not None:
             bar.close()
-    if listing.skipped:
-        result.notes.append(f"{len(listing.skipped)} files in {listing.root} are not photos by their suffix and were "
-                            f"not read: {listing.skipped[:5]}")
+    skipped = [name for name in listing.skipped if name not in expected_files]
+    if skipped:
+        result.notes.append(f"{len(skipped)} files in {listing.root} are not photos by their suffix and were "
+                            f"not read: {skipped[:5]}")
     return write_outputs(result, out_dir)

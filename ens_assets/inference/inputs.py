@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from ens_assets.data.crops import usable_boxes
-from ens_assets.data.detections import DEFAULT_CATEGORIES, normalise_file, read_detections
+from ens_assets.data.detections import DEFAULT_CATEGORIES, DetectionsError, normalise_file, read_detections
 from ens_assets.inference.artefact import CropRule
 
 # What a folder listing treats as a photo; anything else in the folder is counted and named, not read.
@@ -104,7 +104,14 @@ def read_image_detections(json_path: str | Path | None, images: list[ImageInput]
                           {}, None)
     json_path = Path(json_path)
     manifest = pl.DataFrame({"image_id": names, "rel_path": names}, schema={"image_id": pl.String, "rel_path": pl.String})
-    load = read_detections(json_path, manifest)
+    try:
+        load = read_detections(json_path, manifest)
+    except DetectionsError as exc:
+        if "matches a manifest rel_path" not in str(exc):
+            raise
+        raise InputError(f"{json_path}: none of its file names is one of the {len(names)} photos given (e.g. "
+                         f"'{names[0] if names else ''}'); run MegaDetector on this folder with relative file names "
+                         "(--output_relative_filenames) or give the folder its paths are relative to") from None
     table = load.table
     raw = json.loads(json_path.read_text(encoding="utf-8"))
     boxes = {r: ({} if r.min_conf is None else usable_boxes(table, r.min_conf, r.categories)) for r in rules}

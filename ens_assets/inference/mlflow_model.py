@@ -66,16 +66,31 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         return table.drop("fallback_thresholds", "detector_status").to_pandas()
 
 
+def model_signature(classes: list[str]):
+    """Input: `path` and the optional box columns; output: the predictions.csv columns of `predict`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "path"), *(ColSpec("double", c, required=False) for c in (*BOX_COLUMNS, "conf"))])
+    outputs = Schema([ColSpec("string", "image"), ColSpec("string", "top_class", required=False),
+                      ColSpec("double", "top_probability", required=False),
+                      *(ColSpec("double", c, required=False) for c in classes), ColSpec("boolean", "fallback"),
+                      ColSpec("boolean", "quarantined"), ColSpec("string", "reason", required=False)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def log_ensemble_model(artefact_dir: Path, run_id: str, tracking, registered_name: str | None):
     """The artefact as a pyfunc model in the ensemble's run (artifact path 'model'), registered under
     `registered_name` (one new version per call) when given; an mlflow_store.LoggedModel."""
     from ens_assets import mlflow_store
+    from ens_assets.inference.artefact import load_artefact
 
+    classes = load_artefact(artefact_dir, verify=False).classes
     # Models from code: MLflow stores pyfunc_model.py, not a cloudpickle of a Python object. Requirements are
     # given, not inferred (inferring import-traces the model in a subprocess): the model needs this project.
     return mlflow_store.log_pyfunc_model(
         tracking, run_id, str(Path(__file__).with_name("pyfunc_model.py")), artifacts={ARTEFACT_KEY: artefact_dir},
-        registered_name=registered_name, pip_requirements=["ens-assets"],
+        registered_name=registered_name, pip_requirements=["ens-assets"], signature=model_signature(classes),
     )  # fmt: skip
 
 

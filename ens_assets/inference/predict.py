@@ -144,6 +144,9 @@ def predict_photos(
     notes = [] if detections.given else [
         "no --detections: every member classified the full frame (its full-frame fallback); give the MegaDetector "
         "batch JSON to classify the animals' crops as the members were trained"]
+    if detections.unmatched:
+        notes.append(f"{len(detections.unmatched)} entries of the detections JSON describe none of the photos given "
+                     f"(e.g. {detections.unmatched[0]['file']!r}); they were ignored")
     return Predictions(images, list(artefact.classes), probs, problem, fallback, boxes_used, detections, artefact,
                        time.perf_counter() - started, notes)
 

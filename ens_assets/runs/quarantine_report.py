@@ -3,13 +3,12 @@ the full list is (before, these lived only in parquet files and UI warnings)."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import polars as pl
 
 from ens_assets.plan import Plan
+from ens_assets.training.checkpoint_store import CheckpointStore
 
 MAX_REASONS = 6
 _FILE_ROW_PREFIX = re.compile(r"^/.*?: ")  # label-row reasons start with '<absolute file> row N (id X): '
@@ -43,17 +42,13 @@ def data_stage_report(plan: Plan) -> list[str]:
 
 
 def crops_stage_report(plan: Plan, key: str) -> list[str]:
-    summary = _json(plan.crops_dir(key) / "summary.json")
+    try:
+        summary = CheckpointStore(plan).crop_summary(key)
+    except (OSError, ValueError):
+        summary = {}
     n = int(summary.get("n_quarantined", 0) or 0)
     if not n:
         return []
     lines = [f"      quarantined {n} of {summary.get('n_images', '?')} images, by reason "
              f"(full list: {plan.crops_dir(key) / 'quarantine.parquet'}):"]  # fmt: skip
     return lines + reason_table(summary.get("quarantined_by_reason") or {"(see the list)": n})
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

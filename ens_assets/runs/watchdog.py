@@ -17,7 +17,7 @@ from typing import Callable
 import dagster as dg
 
 from ens_assets.atomic import process_alive
-from ens_assets.defs.schedules import IN_FLIGHT
+from ens_assets.runs.in_flight import IN_FLIGHT
 
 LAUNCHER_TAGS = {"ens_assets/launcher": "cli", "ens_assets/host": socket.gethostname()}
 PID_TAG = "ens_assets/pid"

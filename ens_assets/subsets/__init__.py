@@ -3,5 +3,5 @@
 Pure core: no Dagster here. `strategy.train_subset_ensemble` is the entry point; the other modules are
 its parts and are usable on their own (difficulty scores for data diagnostics, soups for any set of
 fine-tuned copies of one base model). `member_training.train_subset_member` runs one checkpoint partition
-of a plan member with `strategy: subset` (called by ens_assets.training.run.train_member_fold).
+of a plan member with `strategy: subset` (called by ens_assets.member_runs.train_member_fold).
 """

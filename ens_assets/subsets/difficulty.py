@@ -21,7 +21,6 @@ FULL_GRAD_MAX_PARAMS parameters and last_layer above.
 
 from __future__ import annotations
 
-import functools
 import io
 from typing import Literal
 
@@ -31,16 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from ens_assets.subsets.config import GradScope
+from ens_assets.plan import GradScope
 from ens_assets.subsets.in_memory_training import (
     TrainFn,
     as_image_tensor,
     as_label_tensor,
-    batch_slices,
+    batch_indices,
     create_seeded_model,
-    cross_entropy_train_fn,
     to_model_input,
 )
+from ens_assets.subsets.standard_loop import default_train_fn
 
 SCORE_COLUMNS = ("el2n", "grand")
 # Above this many parameters full per-example gradients cost too much memory/time; use the last layer.
@@ -80,7 +79,8 @@ def difficulty_scores(
         raise ValueError("seeds: give at least one seed; scores are averaged over the seeds' models")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds {list(seeds)} repeat; repeated seeds train identical models")
-    train = train_fn or functools.partial(cross_entropy_train_fn, batch_size=batch_size)
+    # The default keeps each seed's lowest-loss epoch on the scored images themselves (no held-out set here).
+    train = train_fn or default_train_fn(num_classes, images, targets, batch_size=batch_size)
     columns: dict[str, np.ndarray] = {"index": np.arange(len(images), dtype=np.int64)}
     for seed in seeds:
         model = create_seeded_model(backbone, num_classes, seed, device)
@@ -105,7 +105,7 @@ def score_model(
     model.eval()
     el2n_parts, grand_parts = [], []
     grad_norms = _full_grad_norms if scope == "full" else _last_layer_grad_norms
-    for i, part in enumerate(batch_slices(len(images), batch_size)):
+    for i, part in enumerate(batch_indices(len(images), batch_size)):
         x = to_model_input(model, images[part])
         y = targets[part].to(x.device)
         logits, norms = grad_norms(model, x, y, check_head=(i == 0))

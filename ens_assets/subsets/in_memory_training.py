@@ -1,24 +1,23 @@
-"""Training and evaluation over in-memory uint8 NHWC image arrays.
+"""The subset-ensemble core's view of training: in-memory uint8 NHWC arrays and a `TrainFn` callable.
 
-The subset-ensemble core needs to train one model many times on different index subsets, so it works
-on arrays already in memory and takes the training routine as a `TrainFn` callable. The small plain
-cross-entropy trainer here is the default; the project's standard loop can be swapped in later by
-passing any callable with the same signature.
+The core trains one model many times on different index subsets, so it takes the training routine as a
+`TrainFn` (ens_assets.subsets.standard_loop wraps the project's epoch loop as one). Everything else here
+is training's own: the model factory, normalisation, batching and prediction of ens_assets.training, with
+the input checks the subset core adds.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.optim import create_optimizer_v2
 
-if TYPE_CHECKING:
-    from ens_assets.plan import TrainingConfig
+from ens_assets.training import predict
+from ens_assets.training.augment import model_mean_std, normalize, to_unit_float
+from ens_assets.training.batching import batches
+from ens_assets.training.models import create_member_model
 
 
 class TrainFn(Protocol):
@@ -59,19 +58,10 @@ def as_label_tensor(labels: np.ndarray | torch.Tensor, num_images: int, num_clas
 
 
 def create_seeded_model(backbone: str, num_classes: int, seed: int, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A randomly initialised timm model; the same (backbone, seed) always gives the same weights."""
-    import timm  # deferred: slow import, and only the training paths need it
-
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 for a classifier, got {num_classes}")
+    """A randomly initialised member model (training's factory); the same (backbone, seed) always gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        try:
-            model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
-        except RuntimeError as exc:
-            if "Unknown model" not in str(exc):
-                raise
-            raise ValueError(f"backbone '{backbone}' is not a timm model; pick a name from timm.list_models()") from None
+        model = create_member_model(backbone, num_classes, None)
     return model.to(device).eval()
 
 
@@ -80,32 +70,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def to_model_input(model: torch.nn.Module, batch_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC batch -> float NCHW normalised with the model's own mean/std, on the model's device."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = torch.tensor(cfg.get("mean", IMAGENET_DEFAULT_MEAN), dtype=torch.float32)
-    std = torch.tensor(cfg.get("std", IMAGENET_DEFAULT_STD), dtype=torch.float32)
+    """uint8 NHWC batch -> float NCHW normalised as training normalises for this model, on the model's device."""
     device = model_device(model)
-    x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.sub_(mean.to(device).view(1, 3, 1, 1)).div_(std.to(device).view(1, 3, 1, 1))
+    mean, std = model_mean_std(model, device)
+    return normalize(to_unit_float(batch_u8.to(device, non_blocking=True)), mean, std)
 
 
-def batch_slices(n: int, batch_size: int) -> list[slice]:
-    """Contiguous batches; a trailing batch of one joins the previous one (BatchNorm cannot train on 1)."""
+def batch_indices(n: int, batch_size: int) -> list[torch.Tensor]:
+    """Training's batching over 0..n-1 in order (a trailing batch of one joins the previous: BatchNorm needs two)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return [slice(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+    return batches(torch.arange(n), batch_size)
 
 
-@torch.no_grad()
 def predict_logits(model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Eval-mode logits (N, C) on CPU; leaves the model in eval mode."""
+    """Eval-mode logits (N, C) on CPU through training's prediction path; leaves the model in eval mode."""
     images = as_image_tensor(images_u8)
     model.eval()
-    out = [model(to_model_input(model, images[s])).float().cpu() for s in batch_slices(len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0)
+    if len(images) == 0:
+        return torch.empty(0)
+    return predict.predict_logits(model, images.numpy(), batch_size, model_device(model))
 
 
 def mean_log_loss(model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
@@ -116,42 +100,3 @@ def mean_log_loss(model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, 
     if len(images) == 0:
         raise ValueError("mean_log_loss: the held-out set is empty; give at least one validation image")
     return float(F.cross_entropy(predict_logits(model, images, batch_size), targets))
-
-
-def cross_entropy_train_fn(
-    model: torch.nn.Module, images_u8: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, epochs: int,
-    seed: int, *, batch_size: int = 64, opt: str = "adamw", lr: float = 3e-3, weight_decay: float = 0.05,
-) -> torch.nn.Module:
-    """Default `TrainFn`: timm optimizer, plain cross-entropy, seeded shuffling, no augmentation.
-
-    A fresh optimizer per call is deliberate: subset copies must not share optimizer state with the base.
-    """
-    images = as_image_tensor(images_u8)
-    targets = as_label_tensor(labels, len(images))
-    if len(images) < 2:
-        raise ValueError(f"cannot train on {len(images)} image(s); BatchNorm needs at least 2 per batch")
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    device = model_device(model)
-    optimizer = create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay)
-    shuffler = torch.Generator().manual_seed(int(seed))
-    model.train()
-    # Seed dropout/drop-path too, without disturbing the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        for _ in range(epochs):
-            order = torch.randperm(len(images), generator=shuffler)
-            for part in batch_slices(len(images), batch_size):
-                idx = order[part]
-                loss = F.cross_entropy(model(to_model_input(model, images[idx])), targets[idx].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    model.eval()
-    return model
-
-
-def train_fn_from_config(training: "TrainingConfig") -> TrainFn:
-    """The default trainer with the plan's optimizer settings (opt, lr, weight_decay, batch_size)."""
-    return functools.partial(cross_entropy_train_fn, batch_size=training.batch_size, opt=training.opt,
-                             lr=training.lr, weight_decay=training.weight_decay)

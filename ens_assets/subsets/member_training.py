@@ -30,11 +30,10 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import write_bytes, write_json, write_parquet
-from ens_assets.plan import SMOKE_FOLD, Budget, Member, Plan, stable_hash
-from ens_assets.subsets.config import SubsetEnsembleConfig, epoch_plan
+from ens_assets.plan import SMOKE_FOLD, Budget, Member, Plan, SubsetEnsembleConfig, stable_hash
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png
 from ens_assets.subsets.standard_loop import standard_loop_train_fn
-from ens_assets.subsets.strategy import selection_split, train_subset_ensemble
+from ens_assets.subsets.strategy import epoch_plan, selection_split, train_subset_ensemble
 from ens_assets.training.device import select_device
 from ens_assets.training.loop import TrainOutcome
 from ens_assets.training.models import create_member_model
@@ -123,22 +122,8 @@ def train_subset_member(
         return standard_loop_train_fn(num_classes, select_images, select_labels, recipe=recipe, config=config,
                                       time_budget_s=budget.time_budget_s, device=device, on_outcome=on_outcome)
 
-    score_key = stable_hash({
-        "data": data_key, "backbone": member.backbone, "num_classes": num_classes, "num_images": len(labels),
-        "score": {k: cfg.model_dump(mode="json")[k] for k in ("score_seeds", "score_epochs", "grad_scope", "batch_size",
-                                                               "selection_fraction")},
-        "recipe": recipe.model_dump(mode="json"), "training": config.model_dump(mode="json", exclude={"smoke", "cv"}),
-    })  # fmt: skip
-    scores = read_cached_scores(out, score_key, len(labels))
-    scores_cached = scores is not None
-    scores_started = time.perf_counter()
-    if scores is None:
-        log(f"{member.key} fold {fold_key}: scoring {len(labels)} training crops ({cfg.score}, seeds {list(cfg.score_seeds)})")
-        scores = difficulty_scores(member.backbone, num_classes, train_images, labels, seeds=cfg.score_seeds,
-                                   epochs=cfg.score_epochs, batch_size=cfg.batch_size, train_fn=trainer(),
-                                   grad_scope=cfg.grad_scope, device=device)
-        write_cached_scores(out, score_key, scores)
-    scores_wall_s = time.perf_counter() - scores_started
+    scores, scores_cached, scores_wall_s = _difficulty_scores(member, fold_key, cfg, recipe, config, train_images, labels,
+                                                              num_classes, out, data_key, trainer(), device, log)  # fmt: skip
     plot = write_bytes(out / SCORES_PLOT_FILE, score_distribution_png(scores, classes, labels))
 
     outcomes: list[TrainOutcome] = []
@@ -153,15 +138,53 @@ def train_subset_member(
     )  # fmt: skip
     report = {**report, "fold": fold_key, "scores_cached": scores_cached, "scores_wall_s": scores_wall_s}
     report_path = write_json(out / REPORT_FILE, report)
-    history = subset_history(cfg, outcomes)
+    _log_phases(f"{member.key} fold {fold_key}", report, log)
+    outcome = _merged_outcome(model, report, subset_history(cfg, outcomes), outcomes, started)
+    record = StrategyRecord(
+        metrics=subset_metrics(report),
+        artifacts=[plot, report_path],
+        sidecar={"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
+    )
+    return SubsetMemberOutcome(outcome, record, keep)
+
+
+def _difficulty_scores(member: Member, fold_key: str, cfg: SubsetEnsembleConfig, recipe, config, images: np.ndarray,
+                       labels: np.ndarray, num_classes: int, out: Path, data_key: str, train_fn, device,
+                       log) -> tuple[pl.DataFrame, bool, float]:  # fmt: skip
+    """The fold's difficulty scores from the checkpoint folder's cache when computed for these settings, else
+    computed and cached; (scores, whether cached, seconds)."""
+    score_key = stable_hash({
+        "data": data_key, "backbone": member.backbone, "num_classes": num_classes, "num_images": len(labels),
+        "score": {k: cfg.model_dump(mode="json")[k] for k in ("score_seeds", "score_epochs", "grad_scope", "batch_size",
+                                                               "selection_fraction")},
+        "recipe": recipe.model_dump(mode="json"), "training": config.model_dump(mode="json", exclude={"smoke", "cv"}),
+    })  # fmt: skip
+    started = time.perf_counter()
+    scores = read_cached_scores(out, score_key, len(labels))
+    if scores is not None:
+        return scores, True, time.perf_counter() - started
+    log(f"{member.key} fold {fold_key}: scoring {len(labels)} training crops ({cfg.score}, seeds {list(cfg.score_seeds)})")
+    scores = difficulty_scores(member.backbone, num_classes, images, labels, seeds=cfg.score_seeds,
+                               epochs=cfg.score_epochs, batch_size=cfg.batch_size, train_fn=train_fn,
+                               grad_scope=cfg.grad_scope, device=device)
+    write_cached_scores(out, score_key, scores)
+    return scores, False, time.perf_counter() - started
+
+
+def _log_phases(label: str, report: dict[str, Any], log) -> None:
     for phase in report["phases"]:
-        log(f"{member.key} fold {fold_key} phase {phase['phase']}: base {phase['base_val_loss']:.4f}, copies "
+        log(f"{label} phase {phase['phase']}: base {phase['base_val_loss']:.4f}, copies "
             f"{[round(v, 4) for v in phase['copy_val_losses']]}, merged {phase['merged_val_loss']:.4f} "
             f"(accepted {phase['accepted_copies']} on the selection slice"
             f"{'; no soup beat the base, kept the base' if phase['fallback_to_base'] else ''})")
+
+
+def _merged_outcome(model: torch.nn.Module, report: dict[str, Any], history: list[dict[str, Any]],
+                    outcomes: list[TrainOutcome], started: float) -> TrainOutcome:  # fmt: skip
+    """The merged model as one TrainOutcome: every training call's epochs in one history, their costs summed."""
     train_seconds = sum(o.train_seconds for o in outcomes)
     images_trained = sum(o.images_per_second * o.train_seconds for o in outcomes)
-    outcome = TrainOutcome(
+    return TrainOutcome(
         best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         best_epoch=len(history) - 1,
         best_val_loss=float(report["final_val_loss"]),
@@ -173,12 +196,6 @@ def train_subset_member(
         images_per_second=images_trained / train_seconds if train_seconds else 0.0,
         peak_memory_mb=max((o.peak_memory_mb for o in outcomes), default=0.0),
     )
-    record = StrategyRecord(
-        metrics=subset_metrics(report),
-        artifacts=[plot, report_path],
-        sidecar={"strategy": "subset", "subset_config": cfg.model_dump(mode="json"), "subset_report": report},
-    )
-    return SubsetMemberOutcome(outcome, record, keep)
 
 
 def subset_history(cfg: SubsetEnsembleConfig, outcomes: list[TrainOutcome]) -> list[dict[str, Any]]:

@@ -102,13 +102,13 @@ def recompute_batchnorm(model: torch.nn.Module, images_u8: np.ndarray | torch.Te
     """
     from torch.optim.swa_utils import update_bn
 
-    from ens_assets.subsets.in_memory_training import as_image_tensor, batch_slices, to_model_input
+    from ens_assets.subsets.in_memory_training import as_image_tensor, batch_indices, to_model_input
 
     if not has_batchnorm(model):
         return False
     images = as_image_tensor(images_u8, "bn_images")
     # A generator: update_bn reads each normalized batch once, so the whole set is never held as floats.
-    batches = (to_model_input(model, images[s]) for s in batch_slices(len(images), batch_size))
+    batches = (to_model_input(model, images[s]) for s in batch_indices(len(images), batch_size))
     update_bn(batches, model)
     model.eval()
     return True

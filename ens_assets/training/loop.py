@@ -25,6 +25,7 @@ from torch import nn
 
 from ens_assets.plan import Budget, Recipe, TrainingConfig
 from ens_assets.training.augment import augment_batch, model_mean_std, normalize, to_unit_float
+from ens_assets.training.batching import batches
 from ens_assets.training.checkpoint import load_recovery, save_recovery
 from ens_assets.training.device import (
     autocast_context,
@@ -82,6 +83,21 @@ class FitState:
     @classmethod
     def from_recovery(cls, recovery: dict[str, Any]) -> "FitState":
         return cls(**{f.name: recovery[f.name] for f in fields(cls)})
+
+    def finish_epoch(self, record: dict[str, float], eval_model: nn.Module, *, train_seconds: float, images: int,
+                     budget: Budget) -> None:  # fmt: skip
+        """Add a finished epoch: its history record, costs, the best weights so far, and whether to stop."""
+        self.train_seconds += train_seconds
+        self.images_seen += images
+        self.elapsed_s += record["epoch_seconds"]
+        self.history.append(record)
+        if record["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = record["val_loss"], record["epoch"], 0
+            self.best_state = _cpu_copy(eval_model)
+        else:
+            self.bad_epochs += 1
+        self.next_epoch = record["epoch"] + 1
+        self.stopped_reason = self.stop_reason(budget)
 
     def stop_reason(self, budget: Budget) -> str | None:
         if self.next_epoch >= budget.epochs:
@@ -175,19 +191,10 @@ def fit(
         val_loss = float(F.cross_entropy(logits, val_labels_t))
         val_acc = float((logits.argmax(1) == val_labels_t).float().mean())
 
-        state.train_seconds += train_seconds
-        state.images_seen += seen
-        state.elapsed_s += time.perf_counter() - epoch_start
-        state.history.append(
-            dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                 lr=lr, frozen_backbone=float(frozen), epoch_seconds=time.perf_counter() - epoch_start, images_per_second=seen / train_seconds)
-        )  # fmt: skip
-        if val_loss < state.best_val_loss:
-            state.best_val_loss, state.best_epoch, state.bad_epochs, state.best_state = val_loss, epoch, 0, _cpu_copy(eval_model)
-        else:
-            state.bad_epochs += 1
-        state.next_epoch = epoch + 1
-        state.stopped_reason = state.stop_reason(budget)
+        epoch_seconds = time.perf_counter() - epoch_start
+        record = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                      lr=lr, frozen_backbone=float(frozen), epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
+        state.finish_epoch(record, eval_model, train_seconds=train_seconds, images=seen, budget=budget)  # fmt: skip
         log(
             f"epoch {epoch + 1}/{budget.epochs}: train_loss {train_loss:.4f} acc {train_acc:.3f} | "
             f"val_loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.2e} | {seen / train_seconds:.0f} img/s"
@@ -285,7 +292,7 @@ def _train_epoch(
     n = len(labels)
     order = torch.randperm(n, generator=generator)
     loss_sum, correct, seen = 0.0, 0, 0
-    for batch_index, idx in enumerate(_batches(order, batch_size)):
+    for idx in batches(order, batch_size):
         if mixup is not None and len(idx) % 2:
             # timm Mixup pairs images by flipping the batch and needs an even count; the sample left
             # out differs every epoch because the order is reshuffled.
@@ -310,15 +317,6 @@ def _train_epoch(
         correct += int((out.detach().argmax(1) == y).sum())
         seen += len(idx)
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen
-
-
-def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split a permutation into batches; a last batch of one joins the previous (BatchNorm needs two)."""
-    chunks = list(torch.split(order, batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        last = chunks.pop()  # pop first: indexing after the pop must address the new last batch
-        chunks[-1] = torch.cat([chunks[-1], last])
-    return chunks
 
 
 def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:

@@ -23,7 +23,8 @@ from ens_assets import mlflow_store
 from ens_assets.atomic import write_parquet
 from ens_assets.code_version import code_version
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
-from ens_assets.training.checkpoint import discard_recovery, load_checkpoint, read_sidecar, save_checkpoint
+from ens_assets.training.checkpoint import discard_recovery
+from ens_assets.training.checkpoint_store import CheckpointStore, same_classes
 from ens_assets.training.augment import resize_crops
 from ens_assets.training.device import select_device
 from ens_assets.training.evaluation import FoldEvaluation, evaluate_fold, label_indices
@@ -213,22 +214,18 @@ class StrategyRecord:
     sidecar: dict[str, Any] = field(default_factory=dict)
 
 
-def is_fresh(sidecar: dict[str, Any] | None, expected_fingerprint: str) -> bool:
-    """Whether a checkpoint's sidecar vouches for exactly the spec, crops, folds and code of `expected_fingerprint`."""
-    return sidecar is not None and sidecar.get("fingerprint") == expected_fingerprint
-
-
 def checkpoint_is_fresh(plan: Plan, member_key: str, fold: int | str) -> bool:
     """Whether the saved checkpoint was trained from exactly the current spec, crops and folds."""
     member, fold_key = _member_and_fold(plan, member_key, fold)
-    sidecar = read_sidecar(plan.checkpoint_dir(member.key, fold_key))
-    if sidecar is None:
+    store = CheckpointStore(plan)
+    if store.sidecar(member.key, fold_key) is None:
         return False
     try:
         inputs = _load_inputs(plan, member)
     except (FileNotFoundError, ValueError):
         return False
-    return is_fresh(sidecar, fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash))
+    expected = fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
+    return store.fresh_sidecar(member.key, fold_key, expected) is not None
 
 
 def open_fold(plan: Plan, member_key: str, fold: int | str) -> FoldRun:
@@ -240,8 +237,8 @@ def open_fold(plan: Plan, member_key: str, fold: int | str) -> FoldRun:
 
 def fresh_result(run: FoldRun, log: Callable[[str], Any] = print) -> CheckpointResult | None:
     """The saved checkpoint's result when it is fresh (nothing to train), else None."""
-    sidecar = read_sidecar(run.out_dir)
-    if not is_fresh(sidecar, run.fingerprint):
+    sidecar = CheckpointStore(run.plan).fresh_sidecar(run.member.key, run.fold_key, run.fingerprint)
+    if sidecar is None:
         return None
     log(f"{run.label}: checkpoint is fresh ({run.fingerprint}); skipping training")
     return CheckpointResult(
@@ -332,7 +329,7 @@ def record_checkpoint(
     tracking: mlflow_store.Tracking | None = None,
 ) -> CheckpointResult:
     """Log the MLflow run to `tracking` (default: mlflow_store.resolve_tracking(plan)), then save the weights and
-    their sidecar (the sidecar last: it marks a whole checkpoint)."""
+    their sidecar through the checkpoint store (the sidecar last: it marks a whole checkpoint)."""
     plan, member, fold_key, strategy = run.plan, run.member, run.fold_key, strategy or StrategyRecord()
     metrics = {**checkpoint_metrics(run, outcome, evaluation, model), **strategy.metrics}
     confusion_json, confusion_png = write_confusion_matrix(run.out_dir, evaluation.y_true, evaluation.y_pred, run.inputs.classes)
@@ -365,7 +362,7 @@ def record_checkpoint(
         "created_unix": time.time(),
         **strategy.sidecar,
     }
-    save_checkpoint(run.out_dir, outcome.best_state, sidecar)
+    CheckpointStore(plan).save(member.key, fold_key, outcome.best_state, sidecar)
     discard_recovery(run.out_dir / RECOVERY_SUBDIR)
     log(f"{run.label}: val log loss {metrics['val_loss']:.4f}, accuracy {metrics['val_acc']:.3f} ({outcome.stopped_reason})")
     return CheckpointResult(
@@ -376,14 +373,8 @@ def record_checkpoint(
 
 # --- prediction -----------------------------------------------------------------------------------
 def _fresh_checkpoint_model(plan: Plan, member: Member, fold_key: str, inputs: _FoldInputs, device: torch.device):
-    directory = plan.checkpoint_dir(member.key, fold_key)
-    state_dict, sidecar = load_checkpoint(directory)
     expected = fingerprint(plan, member, fold_key, inputs.crops_hash, inputs.folds_hash)
-    if not is_fresh(sidecar, expected):
-        raise ValueError(
-            f"{directory}: checkpoint is stale (trained from other settings, crops or folds than the plan's now); "
-            f"re-materialize checkpoint partition {member.key}|{fold_key} before predicting"
-        )
+    state_dict, sidecar = CheckpointStore(plan).load(member.key, fold_key, fingerprint=expected)  # stale: an error
     model = create_member_model(member.backbone, len(sidecar["classes"]), None)
     model.load_state_dict(state_dict)
     return model.to(device), sidecar["classes"]
@@ -391,13 +382,11 @@ def _fresh_checkpoint_model(plan: Plan, member: Member, fold_key: str, inputs: _
 
 def _checkpoint_models(plan: Plan, member: Member, inputs: _FoldInputs, device: torch.device) -> Iterator[tuple[str, nn.Module, list[str]]]:
     """(fold, model, classes) of each of the member's fresh checkpoints; every fold must share one class order."""
-    classes = None
+    first = None
     for fold_key in plan.prediction_folds(member):
         model, fold_classes = _fresh_checkpoint_model(plan, member, fold_key, inputs, device)
-        if classes is not None and fold_classes != classes:
-            raise ValueError(f"{member.key}: fold {fold_key} was trained on classes {fold_classes}, other folds on {classes}; retrain")
-        classes = fold_classes
-        yield fold_key, model, classes
+        first = first or (fold_key, fold_classes)
+        yield fold_key, model, same_classes(member.key, [first, (fold_key, fold_classes)])
 
 
 def predict_member_oof(plan: Plan, member_key: str) -> pl.DataFrame:

@@ -7,6 +7,7 @@ refit the combiner into their own folders.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +46,38 @@ class TrainedProject:
 
 def build_trained_project(base: Path) -> TrainedProject:
     """Data stage, every checkpoint, OOF and test predictions of PREDICT_PARAMS under base (no ensemble yet)."""
+    params = base / "params.yaml"
+    params.write_text(yaml.safe_dump(PREDICT_PARAMS, sort_keys=False))
+    uri = f"sqlite:///{base / 'mlruns.db'}"  # the plan's own default store (tracking.default_store)
+    with _environ("MLFLOW_TRACKING_URI", uri):
+        plan = _train_everything(params)
+    return TrainedProject(params, plan, uri)
+
+
+@contextmanager
+def _environ(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _train_everything(params: Path):
     from ens_assets.atomic import write_parquet
     from ens_assets.data.crops import build_crop_cache
     from ens_assets.data.demo import generate_demo
     from ens_assets.data.detections import load_detections
     from ens_assets.data.folds import assign_folds
     from ens_assets.data.ingest import load_manifest
-    from ens_assets.plan import load_plan
     from ens_assets.member_runs import train_member_fold
+    from ens_assets.plan import load_plan
     from ens_assets.training.run import predict_member_oof, predict_member_test
 
-    params = base / "params.yaml"
-    params.write_text(yaml.safe_dump(PREDICT_PARAMS, sort_keys=False))
-    uri = f"sqlite:///{base / 'mlruns.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the caller restores it
     plan = load_plan(params)
     generate_demo(plan.data_root, plan.data.demo)
     manifest = load_manifest(plan)
@@ -73,7 +92,7 @@ def build_trained_project(base: Path) -> TrainedProject:
             train_member_fold(plan, member, fold, log=lambda _: None)
         predict_member_oof(plan, member)
         predict_member_test(plan, member)
-    return TrainedProject(params, plan, uri)
+    return plan
 
 
 def fit_ensemble(plan, method: str, out_dir: Path, result: list | None = None) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import dagster as dg
 
-from ens_assets.defs.schedules import IN_FLIGHT
 from ens_assets.cli import StageRunner
+from ens_assets.runs.in_flight import IN_FLIGHT
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, budget, member, merged, tiny_plan, write_params
 

@@ -30,8 +30,9 @@ ALL_ASSETS = {
     "ensemble",
     "ensemble_diagnostics",
 }
-# What the code location holds: everything upstream of the diagnostics, plus the morning report that reads them.
-EVERY_ASSET = ALL_ASSETS | {"morning_report"}
+# What the code location holds: everything upstream of the diagnostics, plus the morning report that reads them
+# and the inbox batches' predictions made with the fitted ensemble.
+EVERY_ASSET = ALL_ASSETS | {"morning_report", "predictions"}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_selection_with_attributes_and_operators(defs: dg.Definitions) -> None:
     assert _resolve(defs, "group:training") == {"checkpoints", "oof_predictions", "test_predictions"}
     # In the key: syntax a bare + is unbounded and +1 is one layer (the legacy "+name" form is one layer).
     assert _resolve(defs, "key:checkpoints+") == {"checkpoints", "oof_predictions", "test_predictions", "ensemble",
-                                                  "ensemble_diagnostics", "morning_report"}
+                                                  "ensemble_diagnostics", "morning_report", "predictions"}
     assert _resolve(defs, "key:checkpoints+1 and not key:test_predictions") == {"checkpoints", "oof_predictions"}
     assert _resolve(defs, "1+key:checkpoints") == {"crops", "folds", "checkpoints"}
     assert _resolve(defs, "kind:mlflow") == {"checkpoints", "ensemble", "morning_report"}
@@ -90,4 +91,5 @@ def test_cli_parses_a_selection_string() -> None:
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert set(done.stdout.split()) == {"crops", "folds", "checkpoints", "ensemble", "ensemble_diagnostics", "morning_report"}
+    assert set(done.stdout.split()) == {"crops", "folds", "checkpoints", "ensemble", "ensemble_diagnostics", "morning_report",
+                                        "predictions"}

@@ -172,4 +172,4 @@ def test_schedules_and_sensor_are_there(ui: dict, tiny_params: Path) -> None:
         "nightly_training": plan.schedules.nightly_cron,
         "morning_predictions": plan.schedules.morning_cron,
     }
-    assert {s["name"] for s in repo["sensors"]} == {"ensemble_after_predictions", "promote_auto_members"}
+    assert {s["name"] for s in repo["sensors"]} == {"ensemble_after_predictions", "promote_auto_members", "inbox_sensor"}

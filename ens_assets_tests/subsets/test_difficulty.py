@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png, score_model
-from ens_assets.subsets.in_memory_training import create_seeded_model, cross_entropy_train_fn, to_model_input
+from ens_assets.subsets.in_memory_training import create_seeded_model, to_model_input
+from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets_tests.subsets.colour_images import BACKBONE
 
 
@@ -35,7 +36,7 @@ def test_last_layer_grand_matches_closed_form(separable_with_flips):
     # For logits = W f + b, d CE / dW = (p - y) f^T and d CE / db = p - y, so the per-example norm is
     # ||p - y|| * sqrt(||f||^2 + 1) -- an independent check of the vmap(grad) path and of EL2N.
     images, labels, _ = separable_with_flips
-    model = cross_entropy_train_fn(create_seeded_model(BACKBONE, 3, seed=0), images, labels, epochs=1, seed=0)
+    model = default_train_fn(3, images, labels)(create_seeded_model(BACKBONE, 3, seed=0), images, labels, 1, 0)
     el2n, grand = score_model(model, images, labels, batch_size=32, grad_scope="last_layer")
     with torch.no_grad():
         features = model.forward_head(model.forward_features(to_model_input(model, torch.from_numpy(images))),

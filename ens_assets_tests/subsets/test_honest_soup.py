@@ -3,12 +3,9 @@
 import numpy as np
 import torch
 
-from ens_assets.subsets.in_memory_training import (
-    create_seeded_model,
-    cross_entropy_train_fn,
-    to_model_input,
-)
+from ens_assets.subsets.in_memory_training import create_seeded_model, to_model_input
 from ens_assets.subsets.soup import recompute_batchnorm
+from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.strategy import SubsetEnsembleConfig, selection_split, train_subset_ensemble
 from ens_assets_tests.subsets.colour_images import BACKBONE, colour_images
 
@@ -41,7 +38,7 @@ def test_soup_falls_back_to_the_base_when_no_soup_beats_it(train_val):
     def base_good_copies_ruined(model, images, labels, epochs, seed):
         calls.append(seed)
         if len(calls) == 1:
-            return cross_entropy_train_fn(model, images, labels, epochs, seed, batch_size=32)
+            return default_train_fn(3, images, labels, batch_size=32)(model, images, labels, epochs, seed)
         with torch.no_grad():  # a copy that diverged: any soup of such copies is worse than the base
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 5)

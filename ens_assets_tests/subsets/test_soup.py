@@ -5,10 +5,10 @@ import torch
 
 from ens_assets.subsets.in_memory_training import (
     create_seeded_model,
-    cross_entropy_train_fn,
     mean_log_loss,
     predict_logits,
 )
+from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.soup import IncompatibleStatesError, average_state_dicts, greedy_soup
 from ens_assets_tests.subsets.colour_images import BACKBONE
 
@@ -16,7 +16,7 @@ from ens_assets_tests.subsets.colour_images import BACKBONE
 @pytest.fixture(scope="module")
 def trained_base(train_val):
     images, labels, _, _ = train_val
-    return cross_entropy_train_fn(create_seeded_model(BACKBONE, 3, seed=0), images, labels, epochs=2, seed=0)
+    return default_train_fn(3, images, labels)(create_seeded_model(BACKBONE, 3, seed=0), images, labels, 2, 0)
 
 
 @pytest.mark.slow
@@ -79,10 +79,11 @@ def test_greedy_soup_on_real_copies_rejects_a_bad_copy(trained_base, train_val):
     images, labels, val_images, val_labels = train_val
     copies = []
     for seed in (1, 2):
-        trained = cross_entropy_train_fn(copy.deepcopy(trained_base), images, labels, epochs=1, seed=seed)
+        trained = default_train_fn(3, images, labels)(copy.deepcopy(trained_base), images, labels, 1, seed)
         copies.append(trained.state_dict())
     # A copy fine-tuned on flipped labels is the planted bad one.
-    bad = cross_entropy_train_fn(copy.deepcopy(trained_base), images, (labels + 1) % 3, epochs=3, seed=3)
+    flipped = (labels + 1) % 3
+    bad = default_train_fn(3, images, flipped)(copy.deepcopy(trained_base), images, flipped, 3, 3)
     copies.append(bad.state_dict())
     scratch = create_seeded_model(BACKBONE, 3, seed=0)
 

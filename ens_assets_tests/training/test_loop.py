@@ -122,9 +122,9 @@ def test_per_image_mean_averages_each_images_crops():
 @pytest.mark.parametrize("n", [16, 17, 33, 47])
 def test_batches_cover_every_item_once(n):
     """A trailing batch of one joins the previous one; no item is dropped or repeated."""
-    from ens_assets.training.loop import _batches
+    from ens_assets.training.batching import batches as split_batches
 
-    batches = _batches(torch.randperm(n), 16)
+    batches = split_batches(torch.randperm(n), 16)
     seen = torch.cat(batches).sort().values
     assert torch.equal(seen, torch.arange(n))
     assert min(len(b) for b in batches) >= 2

@@ -130,11 +130,11 @@ def test_member_trains_and_predicts_at_its_own_size(tmp_path, mlflow_store):
 
 def test_member_inference_flops_count_every_fold_model(trained_project):
     """FLOPs-true cost: a cv member's test predictions average its k fold models."""
-    from ens_assets.member_outputs import _member_facts
+    from ens_assets.training.checkpoint_store import CheckpointStore
 
     plan, _, results = trained_project
     member = plan.members[0]
-    facts = _member_facts(plan, member.key)
+    facts = CheckpointStore(plan).member_facts(member.key)
     assert facts["models_at_inference"] == plan.folds.k == len(results)
     assert facts["flops_per_image"] == results[0].metrics["flops_per_image"] > 0
     assert facts["inference_flops_per_image"] == plan.folds.k * facts["flops_per_image"]

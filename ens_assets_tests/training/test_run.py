@@ -132,3 +132,64 @@ def test_test_images_without_a_crop_get_the_class_prior_not_dropped(trained_proj
     assert rows["image_id"].to_list() == [test_ids[0]]
     probs = rows.select(classes).to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0) and (probs > 0).all()
+
+
+def test_predict_rebuilds_each_fold_model_from_the_store_alone(trained_project):
+    """What predict reads (the store's fold models: weights + architecture, size, normalisation, crop rule,
+    classes) reproduces the OOF predictions, with no call into training's own prediction path."""
+    import torch
+    import torch.nn.functional as F
+
+    from ens_assets.training.checkpoint_store import CheckpointStore
+    from ens_assets.training.models import create_member_model
+
+    plan, _, results = trained_project
+    member = plan.members[0]
+    store = CheckpointStore(plan)
+    assert store.fold_checkpoints(member.key) == plan.fold_keys and store.complete(member.key)
+    oof = predict_member_oof(plan, member.key)
+    index = store.crop_index(member.threshold).filter(pl.col("split") == "train")
+    images = np.load(plan.crops_dir(member.threshold) / "images.npy")
+    for fold_model, result in zip(store.member_fold_models(member.key), results):
+        spec, fold = fold_model.spec, fold_model.spec.fold
+        assert (spec.architecture, spec.fingerprint, spec.mlflow_run_id) == (member.backbone, result.fingerprint, result.mlflow_run_id)
+        assert spec.image_size == plan.image_size(member) and spec.crop["threshold"] == "0.05" and len(spec.mean) == 3
+        # New sidecars carry the inference block; one saved before it existed gets the same from its spec.
+        older = {k: v for k, v in fold_model.sidecar.items() if k != "inference"}
+        assert "inference" in fold_model.sidecar and store._spec_from(member.key, fold, older) == spec
+        held_out = oof.filter(pl.col("fold") == int(fold))
+        rows = index.filter(pl.col("image_id").is_in(held_out["image_id"].implode()))
+        x = torch.from_numpy(images[rows["row"].to_numpy()]).permute(0, 3, 1, 2).float() / 255.0
+        x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", antialias=True) if x.shape[-1] != spec.image_size else x
+        x = (x - torch.tensor(spec.mean)[:, None, None]) / torch.tensor(spec.std)[:, None, None]
+        with torch.inference_mode():
+            model = create_member_model(spec.architecture, len(spec.classes), None)
+            model.load_state_dict(fold_model.state_dict)
+            probs = torch.softmax(model.eval()(x), dim=1).numpy()
+        per_image = pl.DataFrame({"image_id": rows["image_id"]}).with_columns(
+            [pl.Series(c, probs[:, i]) for i, c in enumerate(spec.classes)]).group_by("image_id").mean()
+        expected = held_out.sort("image_id").select(spec.classes).to_numpy()
+        np.testing.assert_allclose(per_image.sort("image_id").select(spec.classes).to_numpy(), expected, atol=1e-5)
+
+
+def test_the_store_decides_freshness_costs_and_oof_coverage(trained_project):
+    from ens_assets.member_outputs import oof_coverage
+    from ens_assets.training.checkpoint_store import CheckpointStore
+
+    plan, _, results = trained_project
+    member = plan.members[0].key
+    store = CheckpointStore(plan)
+    assert store.fresh_sidecar(member, results[0].fold, results[0].fingerprint)["fingerprint"] == results[0].fingerprint
+    assert store.fresh_sidecar(member, results[0].fold, "another-fingerprint") is None
+    with pytest.raises(ValueError, match="stale"):
+        store.load(member, results[0].fold, fingerprint="another-fingerprint")
+    assert store.flops_per_image(member) == results[0].metrics["flops_per_image"] > 0
+    assert store.flops_per_image(plan.members[1].key) == float("inf")  # never trained: scheduled last
+    assert store.minutes(member, results[0].fold) == pytest.approx(results[0].metrics["wall_seconds"] / 60)
+    assert store.confusion_png(member, results[0].fold).startswith(b"\x89PNG") and store.confusion_png(member, "smoke") is None
+    assert store.verdict(plan.members[1].key) is None and not store.complete(plan.members[1].key)
+    predict_member_oof(plan, member)
+    coverage = oof_coverage(plan, member)
+    assert coverage.ok and coverage.expected == pl.read_parquet(plan.oof_path(member)).height
+    with pytest.raises(FileNotFoundError, match="materialize the crops partition"):
+        store.crop_summary("0.50")
