@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, tiny_plan
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_ENV = "ENS_ASSETS_DVC"
@@ -24,43 +25,18 @@ MEMBER_A = "test_resnet.t005.geo"
 MEMBER_B = "test_resnet.t020.geo"
 
 # Small enough that the whole pipeline (6 checkpoints of 1 epoch) runs in well under a minute on 2 cores.
-TINY_PARAMS: dict[str, Any] = {
-    "data": {
-        "layout": "demo",
-        "root": "data/demo",
-        "detections": "data/demo/megadetector.json",
-        "demo": {
-            "seed": 0,
-            "train_images_per_class": 8,
-            "test_images_per_class": 2,
-            "train_sites": 6,
-            "test_sites": 2,
-            "frame_width": 96,
-            "frame_height": 72,
-        },
-    },
-    "crops": {"thresholds": [0.05, 0.2], "image_size": 32, "workers": 1},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}},
-    "training": {
-        "batch_size": 16,
-        "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 1},
-        "cv": {"epochs": 1, "time_budget_s": 60, "patience": 1},
-    },
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv"},
-    ],
+TINY_PARAMS: dict[str, Any] = tiny_plan(
+    data={"root": "data/demo", "detections": "data/demo/megadetector.json"},
+    crops={"workers": 1},
+    recipes={"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}, "mixup": None},
+    training={"warmup_epochs": None},
     # One epoch on 64 images proves nothing about learning; let the smoke gate pass so cv folds train.
-    "promotion": {
-        "min_accuracy_over_chance": 0.0,
-        "require_every_class_predicted": False,
-        "require_loss_decrease": False,
-    },
-    "ensemble": {"method": "mean"},
-    "tracking": {"experiment": "dvc-sandbox"},
-    "workdir": "data/work",
-}
+    promotion=FINITE_LOSS_GATE,
+    # 20 bootstrap replicates (the fewest the plan allows): no test reads an interval.
+    ensemble={"method": "mean", "bootstrap_replicates": 20},
+    tracking={"experiment": "dvc-sandbox"},
+    workdir="data/work",
+)
 
 
 def dvc_binary() -> Path | None:
