@@ -35,6 +35,8 @@ TINY_PARAMS: dict[str, Any] = tiny_plan(
     # 20 bootstrap replicates (the fewest the plan allows): no test reads an interval.
     ensemble={"method": "mean", "bootstrap_replicates": 20},
     tracking={"experiment": "dvc-sandbox"},
+    # dvc.yaml lists `backbones` among the train stage's params: DVC refuses a plan without the section.
+    backbones={"resnet": {"model": "test_resnet"}},
     workdir="data/work",
 )
 
@@ -75,6 +77,8 @@ class DvcSandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "dvc.yaml", self.root / "dvc.yaml")
         shutil.copy2(REPO / ".dvcignore", self.root / ".dvcignore")
+        # The CLI runs each stage's job against the code location workspace.yaml names.
+        shutil.copy2(REPO / "workspace.yaml", self.root / "workspace.yaml")
         # The repo's ignores, plus the .venv link (a link is not matched by `.venv/`) and DVC's site cache.
         gitignore = (REPO / ".gitignore").read_text() + "/.venv\n/.dvc-site-cache/\n"
         (self.root / ".gitignore").write_text(gitignore)
