@@ -35,8 +35,6 @@ TINY_PARAMS: dict[str, Any] = tiny_plan(
     # 20 bootstrap replicates (the fewest the plan allows): no test reads an interval.
     ensemble={"method": "mean", "bootstrap_replicates": 20},
     tracking={"experiment": "dvc-sandbox"},
-    # dvc.yaml lists `backbones` among the train stage's params: DVC refuses a plan without the section.
-    backbones={"resnet": {"model": "test_resnet"}},
     workdir="data/work",
 )
 
@@ -45,6 +43,15 @@ def dvc_binary() -> Path | None:
     """The dvc executable: $ENS_ASSETS_DVC (exported by the Makefile), else <repo>/.venv-dvc/bin/dvc."""
     candidate = Path(os.environ.get(DVC_ENV) or REPO / ".venv-dvc" / "bin" / "dvc")
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def with_stage_sections(params: dict[str, Any]) -> dict[str, Any]:
+    """params plus every section dvc.yaml's stages list as params that it lacks, as the repo's params.yaml has
+    it: DVC refuses to run a stage whose params are missing."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = {p.split(".")[0] for stage in stages.values() for p in stage.get("params", []) if isinstance(p, str)}
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    return {**params, **{key: default[key] for key in sorted(listed - set(params)) if key in default}}
 
 
 class DvcSandbox:
@@ -85,7 +92,7 @@ class DvcSandbox:
         shutil.copytree(REPO / "ens_assets", self.root / "ens_assets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         make_dagster_home(self.root)
         (self.root / ".venv").symlink_to(REPO / ".venv", target_is_directory=True)
-        self.write_params(params)
+        self.write_params(with_stage_sections(params))
         self.git("init", "-q")
         self.run_dvc("init", "-q")
         self.run_dvc("config", "core.analytics", "false")
