@@ -61,9 +61,13 @@ def execute_against_code_location(job_def, instance, *, partition_key: str | Non
     from dagster._core.execution.api import execute_run
     from dagster._core.execution.execute_in_process import merge_run_tags
     from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
-    from dagster._core.workspace.load import location_origins_from_yaml_paths
+    from dagster._core.workspace.load import location_origin_from_module_name, location_origins_from_yaml_paths
 
-    (location,) = location_origins_from_yaml_paths([str(REPO_ROOT / "workspace.yaml")])
+    workspace = REPO_ROOT / "workspace.yaml"
+    if workspace.is_file():
+        (location,) = location_origins_from_yaml_paths([str(workspace)])
+    else:  # a checkout without it (e.g. a DVC copy): the location `dagster dev -m ens_assets.definitions` serves
+        location = location_origin_from_module_name("ens_assets.definitions", None, str(REPO_ROOT))
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_def.name)
     run_tags = merge_run_tags(job_def, partition_key, tags, None, instance, run_config)
     run = instance.create_run_for_job(job_def, run_config=run_config, tags=run_tags, remote_job_origin=origin)

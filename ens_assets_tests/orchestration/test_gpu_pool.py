@@ -106,6 +106,6 @@ def test_project_checkpoints_asset_is_in_the_gpu_pool() -> None:
     defs = build_definitions(REPO_ROOT / "params.yaml")
     checkpoints = defs.resolve_assets_def("checkpoints")
     assert checkpoints.op.pool == "gpu"
-    # Nothing else competes for the gpu slot: data and ensemble steps run beside training.
+    # Training and the inbox's batch predictions take turns on the gpu slot; data and ensemble steps run beside them.
     pooled = {a.key.to_user_string() for a in defs.resolve_asset_graph().assets_defs if a.op.pool}
-    assert pooled == {"checkpoints"}
+    assert pooled == {"checkpoints", "predictions"}
