@@ -76,23 +76,35 @@ def test_editing_training_code_makes_checkpoints_stale(tiny_data, tmp_path):
     train_member_fold(plan, member, "smoke", log=lambda *_: None)
     assert checkpoint_is_fresh(plan, member, "smoke")
 
-    copy = tmp_path / "src"
-    shutil.copytree(PACKAGE_DIR, copy / "ens_assets", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "PYTHONPATH": str(copy)}
+    # Three copies of the package, checked in three processes at once: untouched, reworded, and changed.
+    def package_copy(name: str) -> Path:
+        shutil.copytree(PACKAGE_DIR, tmp_path / name / "ens_assets", ignore=shutil.ignore_patterns("__pycache__"))
+        return tmp_path / name / "ens_assets"
 
-    def fresh() -> bool:
-        out = subprocess.run(
-            [sys.executable, "-c", _FRESH, str(tiny_data["params"]), str(copy / "ens_assets"), member],
-            capture_output=True, text=True, env=env, cwd=copy, timeout=300,
+    def reword(package: Path) -> None:
+        loop, combiners = package / "training" / "loop.py", package / "ensemble" / "combiners.py"
+        loop.write_text(loop.read_text().replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
+        combiners.write_text(combiners.read_text() + "\nUNRELATED = 1\n")
+
+    untouched, reworded, changed = package_copy("untouched"), package_copy("reworded"), package_copy("changed")
+    reword(reworded)
+    reword(changed)
+    (changed / "training" / "loop.py").write_text((changed / "training" / "loop.py").read_text() + "\nTRAINING_TWEAK = 2\n")
+
+    def check(package: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", _FRESH, str(tiny_data["params"]), str(package), member],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(package.parent)}, cwd=package.parent,
         )  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip().splitlines()[-1] == "True"
 
-    loop = copy / "ens_assets" / "training" / "loop.py"
-    combiners = copy / "ens_assets" / "ensemble" / "combiners.py"
-    assert fresh(), "the untouched copy must agree with the original"
-    loop.write_text(loop.read_text().replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
-    combiners.write_text(combiners.read_text() + "\nUNRELATED = 1\n")
-    assert fresh(), "a docstring, a comment or an ensemble edit must not retrain checkpoints"
-    loop.write_text(loop.read_text() + "\nTRAINING_TWEAK = 2\n")
-    assert not fresh(), "an edit to training/loop.py left the checkpoint fresh"
+    def fresh(proc: subprocess.Popen) -> bool:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        return out.strip().splitlines()[-1] == "True"
+
+    checks = [check(package) for package in (untouched, reworded, changed)]
+    untouched_fresh, reworded_fresh, changed_fresh = (fresh(proc) for proc in checks)
+    assert untouched_fresh, "the untouched copy must agree with the original"
+    assert reworded_fresh, "a docstring, a comment or an ensemble edit must not retrain checkpoints"
+    assert not changed_fresh, "an edit to training/loop.py left the checkpoint fresh"

@@ -15,6 +15,7 @@ from ens_assets.cli import STAGES, StageRunner, main
 from ens_assets.morning_report import OOF_FILE, SUMMARY_FILE, reports_dir
 from ens_assets.plan import load_plan
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, member, tiny_plan
 
 # Two nights of training in one module fixture: pytest-timeout counts the fixture into the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -22,24 +23,13 @@ NIGHT_1, NIGHT_2 = "2026-11-23", "2026-11-24"
 AUTO = "test_resnet.t020.mixup"
 CANDIDATE = "test_resnet.t005.mixup"
 
-PARAMS = {
-    "data": {"layout": "demo", "root": "demo", "detections": "demo/megadetector.json",
-             "demo": {"seed": 5, "train_images_per_class": 8, "test_images_per_class": 2, "train_sites": 4,
-                      "test_sites": 2, "frame_width": 96, "frame_height": 72}},
-    "crops": {"thresholds": [0.05, 0.2], "image_size": 32},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {}, "mixup": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}},
-    "training": {"batch_size": 16, "warmup_epochs": 0, "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 1},
-                 "cv": {"epochs": 1, "time_budget_s": 60, "patience": 1}},
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv"},
-    ],
-    # One epoch on tiny data: the gate asks only for finite losses here.
-    "promotion": {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False, "require_loss_decrease": False},
-    "ensemble": {"method": "greedy", "greedy_rounds": 5, "bootstrap_replicates": 50},
-    "workdir": "work",
-}
+PARAMS = tiny_plan(
+    data={"demo": {"seed": 5, "train_sites": 4}},
+    members=[member(0.05), member(0.2)],
+    promotion=FINITE_LOSS_GATE,  # one epoch on tiny data: the gate asks only for finite losses here
+    # 20 replicates (the fewest the plan allows) still give every delta an interval around its value.
+    ensemble={"method": "greedy", "greedy_rounds": 5, "bootstrap_replicates": 20},
+)
 COMMENT = "# Tonight's plan: the morning report proposes what comes next."
 
 

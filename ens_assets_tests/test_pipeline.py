@@ -38,7 +38,7 @@ PARAMS = tiny_plan(
     ],
     # Tiny data and three epochs: the gate asks only for a finite, decreasing loss here.
     promotion={"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
-    ensemble={"method": "greedy", "greedy_rounds": 10},
+    ensemble={"method": "greedy", "greedy_rounds": 10, "bootstrap_replicates": 20},  # the fewest replicates allowed
 )
 
 

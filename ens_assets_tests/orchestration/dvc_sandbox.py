@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, tiny_plan
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_ENV = "ENS_ASSETS_DVC"
@@ -24,49 +25,33 @@ MEMBER_A = "test_resnet.t005.geo"
 MEMBER_B = "test_resnet.t020.geo"
 
 # Small enough that the whole pipeline (6 checkpoints of 1 epoch) runs in well under a minute on 2 cores.
-TINY_PARAMS: dict[str, Any] = {
-    "data": {
-        "layout": "demo",
-        "root": "data/demo",
-        "detections": "data/demo/megadetector.json",
-        "demo": {
-            "seed": 0,
-            "train_images_per_class": 8,
-            "test_images_per_class": 2,
-            "train_sites": 6,
-            "test_sites": 2,
-            "frame_width": 96,
-            "frame_height": 72,
-        },
-    },
-    "crops": {"thresholds": [0.05, 0.2], "image_size": 32, "workers": 1},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}},
-    "training": {
-        "batch_size": 16,
-        "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 1},
-        "cv": {"epochs": 1, "time_budget_s": 60, "patience": 1},
-    },
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv"},
-    ],
+TINY_PARAMS: dict[str, Any] = tiny_plan(
+    data={"root": "data/demo", "detections": "data/demo/megadetector.json"},
+    crops={"workers": 1},
+    recipes={"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}, "mixup": None},
+    training={"warmup_epochs": None},
     # One epoch on 64 images proves nothing about learning; let the smoke gate pass so cv folds train.
-    "promotion": {
-        "min_accuracy_over_chance": 0.0,
-        "require_every_class_predicted": False,
-        "require_loss_decrease": False,
-    },
-    "ensemble": {"method": "mean"},
-    "tracking": {"experiment": "dvc-sandbox"},
-    "workdir": "data/work",
-}
+    promotion=FINITE_LOSS_GATE,
+    # 20 bootstrap replicates (the fewest the plan allows): no test reads an interval.
+    ensemble={"method": "mean", "bootstrap_replicates": 20},
+    tracking={"experiment": "dvc-sandbox"},
+    workdir="data/work",
+)
 
 
 def dvc_binary() -> Path | None:
     """The dvc executable: $ENS_ASSETS_DVC (exported by the Makefile), else <repo>/.venv-dvc/bin/dvc."""
     candidate = Path(os.environ.get(DVC_ENV) or REPO / ".venv-dvc" / "bin" / "dvc")
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def with_stage_sections(params: dict[str, Any]) -> dict[str, Any]:
+    """params plus every section dvc.yaml's stages list as params that it lacks, as the repo's params.yaml has
+    it: DVC refuses to run a stage whose params are missing."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = {p.split(".")[0] for stage in stages.values() for p in stage.get("params", []) if isinstance(p, str)}
+    default = yaml.safe_load((REPO / "params.yaml").read_text())
+    return {**params, **{key: default[key] for key in sorted(listed - set(params)) if key in default}}
 
 
 class DvcSandbox:
@@ -99,13 +84,15 @@ class DvcSandbox:
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "dvc.yaml", self.root / "dvc.yaml")
         shutil.copy2(REPO / ".dvcignore", self.root / ".dvcignore")
+        # The CLI runs each stage's job against the code location workspace.yaml names.
+        shutil.copy2(REPO / "workspace.yaml", self.root / "workspace.yaml")
         # The repo's ignores, plus the .venv link (a link is not matched by `.venv/`) and DVC's site cache.
         gitignore = (REPO / ".gitignore").read_text() + "/.venv\n/.dvc-site-cache/\n"
         (self.root / ".gitignore").write_text(gitignore)
         shutil.copytree(REPO / "ens_assets", self.root / "ens_assets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         make_dagster_home(self.root)
         (self.root / ".venv").symlink_to(REPO / ".venv", target_is_directory=True)
-        self.write_params(params)
+        self.write_params(with_stage_sections(params))
         self.git("init", "-q")
         self.run_dvc("init", "-q")
         self.run_dvc("config", "core.analytics", "false")

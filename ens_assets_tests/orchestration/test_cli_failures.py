@@ -51,15 +51,31 @@ def _corrupt_detections(project: Path) -> dict:
     return params
 
 
-def _cli(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def _start_cli(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "ens_assets.cli", "--params", str(project / "params.yaml"), *args],
-        capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=project,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=project,
     )  # fmt: skip
+
+
+def _cli(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = _start_cli(project, *args, env=env)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_a_failing_stage_prints_a_few_lines_naming_the_asset_and_exits_1(project):
     _write(project, _corrupt_detections(project))
+    # `--verbose` on a copy of the project and its own instance, in a second process at the same time.
+    verbose_project = project / "verbose"
+    verbose_project.mkdir()
+    _write(verbose_project, _corrupt_detections(verbose_project))
+    verbose_env = {"DAGSTER_HOME": str(make_dagster_home(verbose_project))}
+    verbose_proc = _start_cli(verbose_project, "materialize", "data", "--verbose", env=verbose_env)
     result = _cli(project, "materialize", "all")
     lines = (result.stdout + result.stderr).strip().splitlines()
 
@@ -74,9 +90,9 @@ def test_a_failing_stage_prints_a_few_lines_naming_the_asset_and_exits_1(project
     assert Path(log).parent == project / "work" / "logs"
     assert "Stack Trace" in Path(log).read_text() and "DetectionsError" in Path(log).read_text()
 
-    verbose = _cli(project, "materialize", "data", "--verbose")
-    assert verbose.returncode == 1
-    assert "Stack Trace" in verbose.stdout + verbose.stderr
+    verbose_out, verbose_err = verbose_proc.communicate(timeout=300)
+    assert verbose_proc.returncode == 1
+    assert "Stack Trace" in verbose_out + verbose_err
 
 
 def test_no_stage_reads_an_input_whose_last_attempt_failed(project):

@@ -16,38 +16,23 @@ from ens_assets.subsets.member_training import SCORES_FILE, SCORES_KEY_FILE, SCO
 from ens_assets.member_runs import train_member_fold
 from ens_assets.training.run import checkpoint_is_fresh, checkpoint_spec
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tiny_plan import budget, member, tiny_plan
 
 pytestmark = pytest.mark.slow
 
 SUBSET = "test_resnet.t005.geo.subset"
 SUBSET_SETTINGS = {"fraction": 0.5, "copies": 2, "phases": 1, "total_epochs": 6, "score_seeds": [0], "batch_size": 16}
 
-PARAMS = {
-    "data": {
-        "layout": "demo",
-        "root": "demo",
-        "detections": "demo/megadetector.json",
-        "demo": {"seed": 3, "train_images_per_class": 8, "test_images_per_class": 2, "train_sites": 6,
-                 "test_sites": 2, "frame_width": 96, "frame_height": 72},
-    },
-    "crops": {"thresholds": [0.05], "image_size": 32, "min_size_px": 4},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {}},
-    "training": {
-        # One batch per epoch at this size: ens_assets.training.loop._batches mishandles a last batch of one
-        # (n = 17 with batch 16 raises IndexError), which a k% subset of tiny data can hit.
-        "batch_size": 64,
-        "warmup_epochs": 0,
-        "smoke": {"epochs": 2, "time_budget_s": 60, "patience": 2},
-        "cv": {"epochs": 2, "time_budget_s": 60, "patience": 2},
-    },
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv",
-         "strategy": "subset", "subset": SUBSET_SETTINGS},
-    ],
-    "promotion": {"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
-    "workdir": "work",
-}
+PARAMS = tiny_plan(
+    data={"demo": {"seed": 3}},
+    crops={"thresholds": [0.05], "min_size_px": 4},
+    recipes={"mixup": None},
+    # One batch per epoch at this size: ens_assets.training.loop._batches mishandles a last batch of one
+    # (n = 17 with batch 16 raises IndexError), which a k% subset of tiny data can hit.
+    training={"batch_size": 64, "smoke": budget(2), "cv": budget(2)},
+    members=[member(0.05, strategy="subset", subset=SUBSET_SETTINGS)],
+    promotion={"min_accuracy_over_chance": 0.0, "require_every_class_predicted": False},
+)
 
 
 @pytest.fixture(scope="module")
