@@ -15,7 +15,9 @@ from ens_assets.defs.partitions import checkpoint_key
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
 
-SMOKE_EPOCHS = 12
+# Each training step trains this long (its time budget; the epochs never run out first); with loading, validation
+# and logging a step holds the gpu for ~25-30 s on 2 cores, the crops run starts its step ~16 s after the first.
+STEP_SECONDS = 12
 
 
 def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -43,13 +45,13 @@ def _outputs(procs: list[subprocess.Popen], timeout_s: float) -> list[str]:
 
 @pytest.mark.slow
 def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, monkeypatch):
-    # A crops run launched once training holds the gpu takes about 15 s to start its step process on 2 cores;
-    # three training steps of SMOKE_EPOCHS each (about 12 s each there) leave it a window three times that long.
-    # Epochs, not a time budget, bound them: on a loaded machine the window grows as the crops run's start slows.
+    # A crops run launched once training holds the gpu takes about 20 s to start its step process on 2 cores.
+    # A step bounded by epochs can end before that on a quiet machine (CI: 12 epochs took 11-21 s and the crops
+    # step ran in the ~19 s gap between two training steps, proving nothing), so a time budget bounds each step.
     params = tiny_plan(
         data={"demo": {"seed": 3, "train_images_per_class": 12, "test_images_per_class": 3}},
-        training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(SMOKE_EPOCHS, time_budget_s=300)},
-        members=[member(0.05), member(0.2, "mixup"), member(0.05, "mixup")],
+        training={"lr": 0.003, "warmup_epochs": None, "smoke": budget(10_000, time_budget_s=STEP_SECONDS)},
+        members=[member(0.05), member(0.2, "mixup")],
     )
     params_path = write_params(tmp_path, params)
     monkeypatch.setenv("DAGSTER_HOME", str(make_dagster_home(tmp_path)))
@@ -88,7 +90,7 @@ def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, m
     first = min(start for start, _ in gpu + cpu)
     print("gpu steps (s):", [(round(a - first, 1), round(b - first, 1)) for a, b in sorted(gpu)],
           "crops step (s):", [(round(a - first, 1), round(b - first, 1)) for a, b in cpu])
-    assert len(gpu) == 3
+    assert len(gpu) == 2
     overlapping = [(a, b) for a, b in combinations(gpu, 2) if a[0] < b[1] and b[0] < a[1]]
     assert not overlapping, f"two training steps held the gpu at once: {overlapping}"
     assert any(c[0] < g[1] and g[0] < c[1] for c in cpu for g in gpu), f"crops never ran beside training: {cpu} {gpu}"
