@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from ens_assets_tests.tracking_store import new_tracking_store
+
 PREDICT_PARAMS = {
     "data": {
         "layout": "demo",
@@ -48,7 +50,7 @@ def build_trained_project(base: Path) -> TrainedProject:
     """Data stage, every checkpoint, OOF and test predictions of PREDICT_PARAMS under base (no ensemble yet)."""
     params = base / "params.yaml"
     params.write_text(yaml.safe_dump(PREDICT_PARAMS, sort_keys=False))
-    uri = f"sqlite:///{base / 'mlruns.db'}"  # the plan's own default store (tracking.default_store)
+    uri = new_tracking_store(base / "mlruns.db")  # the plan's own default store (tracking.default_store)
     with _environ("MLFLOW_TRACKING_URI", uri):
         plan = _train_everything(params)
     return TrainedProject(params, plan, uri)
