@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ens_assets_tests.tiny_plan import prepare_demo_data
 from ens_assets_tests.tracking_store import new_tracking_store
 
 PREDICT_PARAMS = {
@@ -70,30 +71,17 @@ def _environ(name: str, value: str):
 
 
 def _train_everything(params: Path):
-    from ens_assets.atomic import write_parquet
-    from ens_assets.data.crops import build_crop_cache
-    from ens_assets.data.demo import generate_demo
-    from ens_assets.data.detections import load_detections
-    from ens_assets.data.folds import assign_folds
-    from ens_assets.data.ingest import load_manifest
     from ens_assets.member_runs import train_member_fold
     from ens_assets.plan import load_plan
     from ens_assets.training.run import predict_member_oof, predict_member_test
 
     plan = load_plan(params)
-    generate_demo(plan.data_root, plan.data.demo)
-    manifest = load_manifest(plan)
-    write_parquet(plan.manifest_path, manifest)
-    detections = load_detections(plan.path(plan.data.detections), manifest)
-    write_parquet(plan.detections_path, detections)
-    for key in plan.threshold_keys:
-        build_crop_cache(manifest, detections, float(key), plan.crop_settings, plan.crops_dir(key), workers=1)
-    write_parquet(plan.folds_path, assign_folds(manifest, plan.folds.k, plan.folds.seed))
-    for member in plan.member_keys:
-        for fold in plan.prediction_folds(member):  # the k folds (the smoke run predicts nothing)
-            train_member_fold(plan, member, fold, log=lambda _: None)
-        predict_member_oof(plan, member)
-        predict_member_test(plan, member)
+    prepare_demo_data(plan, workers=1)
+    for member_key in plan.member_keys:
+        for fold in plan.prediction_folds(member_key):  # the k folds (the smoke run predicts nothing)
+            train_member_fold(plan, member_key, fold, log=lambda _: None)
+        predict_member_oof(plan, member_key)
+        predict_member_test(plan, member_key)
     return plan
 
 
