@@ -13,31 +13,23 @@ from pathlib import Path
 
 import yaml
 
-from ens_assets_tests.tiny_plan import prepare_demo_data
+from ens_assets_tests.tiny_plan import budget, member, prepare_demo_data, tiny_plan
 from ens_assets_tests.tracking_store import new_tracking_store
 
-PREDICT_PARAMS = {
-    "data": {
-        "layout": "demo",
-        "root": "data/demo",
-        "detections": "data/demo/megadetector.json",
-        "demo": {"seed": 1, "train_images_per_class": 6, "test_images_per_class": 3, "train_sites": 4,
-                 "test_sites": 2, "frame_width": 96, "frame_height": 72},
-    },
-    "crops": {"thresholds": [0.05, 0.2], "mode": "top", "min_size_px": 4, "image_size": 24},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}},
-    "training": {"batch_size": 16, "warmup_epochs": 0, "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 2},
-                 "cv": {"epochs": 1, "time_budget_s": 60, "patience": 2}},
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
+PREDICT_PARAMS = tiny_plan(
+    data={"root": "data/demo", "detections": "data/demo/megadetector.json",
+          "demo": {"seed": 1, "train_images_per_class": 6, "test_images_per_class": 3, "train_sites": 4}},
+    crops={"mode": "top", "min_size_px": 4, "image_size": 24},
+    recipes={"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}, "mixup": None},
+    training={"smoke": budget(1, 60, 2), "cv": budget(1, 60, 2)},
+    members=[
+        member(0.05),
         # A smaller input than the crop cache's: its crops are resized down, as in training.
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv", "image_size": 16},
+        member(0.2, image_size=16),
     ],
-    "ensemble": {"bootstrap_replicates": 20},
-    "tracking": {"experiment": "ens-assets-predict-tests", "default_store": "mlruns.db"},
-    "workdir": "work",
-}
+    ensemble={"bootstrap_replicates": 20},
+    tracking={"experiment": "ens-assets-predict-tests", "default_store": "mlruns.db"},
+)  # fmt: skip
 
 
 @dataclass
