@@ -60,6 +60,18 @@ def reports_dir(plan: Plan) -> Path:
     return plan.work / "reports"
 
 
+def read_report(plan: Plan, date: str) -> str | None:
+    """The markdown report of `date` (report.md); None when that night has no report."""
+    path = reports_dir(plan) / date / REPORT_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def read_short_report(plan: Plan, date: str) -> str | None:
+    """The few lines `make demo` prints of the report of `date` (summary.json's short); None when there is none."""
+    path = reports_dir(plan) / date / SUMMARY_FILE
+    return json.loads(path.read_text())["short"] if path.is_file() else None
+
+
 def previous_report(plan: Plan, date: str) -> Path | None:
     """The latest report folder dated before `date` that holds a summary, or None."""
     root = reports_dir(plan)

@@ -20,6 +20,7 @@ from ens_assets.defs.build import build_definitions
 from ens_assets.plan import load_plan
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
+from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = Path(__file__).resolve().parent.parent
 TICK = datetime.datetime(2026, 11, 23, 1, 0, tzinfo=datetime.timezone.utc)
@@ -48,7 +49,7 @@ def project(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("project")
     home = make_dagster_home(root)
     monkeypatch_module.setenv("DAGSTER_HOME", str(home))
-    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
     return root
 
 

@@ -10,6 +10,7 @@ Groups never span folds. What a group is follows folds.group_by:
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,8 +18,9 @@ import numpy as np
 import polars as pl
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from ens_assets.atomic import write_json, write_parquet
 from ens_assets.data.bursts import burst_ids, capture_table
-from ens_assets.plan import FoldConfig
+from ens_assets.plan import FoldConfig, Plan
 
 FOLDS_SCHEMA = pl.Schema(
     {"image_id": pl.String, "site": pl.String, "label": pl.String, "group": pl.String, "fold": pl.Int64}
@@ -172,6 +174,24 @@ def make_folds(manifest: pl.DataFrame, cfg: FoldConfig) -> tuple[pl.DataFrame, G
     frame = train.select("image_id", "site", "label").with_columns(groups, pl.Series("fold", fold, dtype=pl.Int64))
     grouping.details.update({"k": k, "seed": cfg.seed, "n_images": train.height, "images_per_fold": sizes.tolist()})
     return frame.select(list(FOLDS_SCHEMA)), grouping
+
+
+def write_folds(plan: Plan, frame: pl.DataFrame, grouping: Grouping) -> None:
+    """The folds table (folds.parquet) and how it was grouped (folds.json), each written atomically."""
+    write_parquet(plan.folds_path, frame)
+    write_json(plan.folds_summary_path, grouping.as_dict())
+
+
+def read_folds(plan: Plan) -> pl.DataFrame:
+    """The plan's folds table (FOLDS_SCHEMA); a clear error when the folds asset has not run."""
+    if not plan.folds_path.is_file():
+        raise FileNotFoundError(f"{plan.folds_path}: no folds table; materialize the folds asset first")
+    return pl.read_parquet(plan.folds_path)
+
+
+def read_grouping(plan: Plan) -> dict:
+    """How the folds were grouped (folds.json, Grouping.as_dict()); {} before the folds asset has run."""
+    return json.loads(plan.folds_summary_path.read_text()) if plan.folds_summary_path.is_file() else {}
 
 
 def assign_folds(manifest: pl.DataFrame, k: int, seed: int, group_by: str = "auto", burst_gap_s: float = 60.0) -> pl.DataFrame:
