@@ -52,6 +52,27 @@ def test_code_version_follows_imports_and_ignores_docstrings(tmp_path):
     assert code_version(["ens_assets.member_runs"]) == code_version(["ens_assets.member_runs"])
 
 
+def test_an_edit_changes_the_version_in_the_same_process(tmp_path, monkeypatch):
+    """The parsed sources are cached per process, keyed by each file's mtime and size: an edit to a file already
+    hashed is seen by the next call, and so is an import added to one (its target joins the closure)."""
+    import ens_assets.code_version as cv
+
+    package = tmp_path / "ens_assets"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cv, "PACKAGE_DIR", package)
+    before = cv.code_version(["ens_assets.member_runs"])
+    assert cv.code_version(["ens_assets.member_runs"]) == before
+    loop = package / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\nTRAINING_TWEAK = 2\n")
+    edited = cv.code_version(["ens_assets.member_runs"])
+    assert edited != before, "an edit to training/loop.py went unseen by a process that had hashed it"
+    assert "ens_assets.ensemble.combiners" not in cv.module_closure(["ens_assets.member_runs"])
+    runs = package / "member_runs.py"
+    runs.write_text(runs.read_text() + "\nfrom ens_assets.ensemble import combiners  # noqa\n")
+    assert "ens_assets.ensemble.combiners" in cv.module_closure(["ens_assets.member_runs"])
+    assert cv.code_version(["ens_assets.member_runs"]) != edited
+
+
 _FRESH = """
 import sys
 from pathlib import Path

@@ -16,6 +16,7 @@ from ens_assets.morning_report import OOF_FILE, SUMMARY_FILE, read_report, read_
 from ens_assets.plan import load_plan
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, member, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
 
 # Two nights of training in one module fixture: pytest-timeout counts the fixture into the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -45,7 +46,7 @@ def two_nights(tmp_path_factory):
     params = root / "params.yaml"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
         write_params(params, PARAMS)
         night1 = StageRunner(params, out=print)
         assert night1.run(STAGES) == 0

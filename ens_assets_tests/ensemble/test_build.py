@@ -9,6 +9,7 @@ from ens_assets.mlflow_store import Tracking, log_ensemble_run
 from ens_assets.ensemble.tables import PredictionTableError
 from ens_assets.plan import EnsembleConfig
 from ens_assets_tests.ensemble.synthetic import CLASSES, planted_members
+from ens_assets_tests.tracking_store import new_tracking_store
 
 INFO = {"a": {"flops_per_image": 300, "param_count": 3000, "mlflow_run_id": "run-a"},
         "b": {"flops_per_image": 20, "param_count": 200, "mlflow_run_id": "run-b"},
@@ -76,7 +77,7 @@ def test_log_ensemble_run_records_a_linked_run(built, tmp_path, monkeypatch):
     # An environment pointing elsewhere is ignored: the store is the one passed.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     _, _, _, result, diagnostics = built
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = new_tracking_store(tmp_path / "mlruns.db")
     run_ids = {m: info["mlflow_run_id"] for m, info in INFO.items()}
     run_id = log_ensemble_run(Tracking(uri, "ens-test"), result, diagnostics, run_ids)
     assert not (tmp_path / "elsewhere.db").exists()
