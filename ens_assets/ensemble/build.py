@@ -35,8 +35,8 @@ SUBMISSION_FORMATS = ("conservision",)
 NO_TEST_SPLIT = ("no test split: the ensemble and its diagnostics stand on OOF scores alone and submission.csv "
                  "is empty (hold sites out with data.test_site_fraction or data.test_sites for a held-out score)")
 NESTED_OOF_FILE = "nested_oof.parquet"
-SPEC_FILE, SCORES_FILE = "spec.json", "scores.parquet"  # in the ensemble folder
-ROADMAP_FILE = "roadmap.md"  # in the diagnostics folder
+SPEC_FILE, SCORES_FILE, METRICS_FILE = "spec.json", "scores.parquet", "metrics.json"  # in the ensemble folder
+ROADMAP_FILE, RECALL_FILE = "roadmap.md", "per_class_recall.csv"  # in the diagnostics folder
 # Prefixes of the probability columns in nested_oof.parquet (the morning report pairs nights on them).
 ENSEMBLE_PREFIX, CALIBRATED_PREFIX, BEST_PREFIX = "ensemble/", "calibrated/", "best_member/"
 
@@ -219,7 +219,7 @@ def _write_outputs(out_dir: Path, spec, table, metrics, compute, pareto, nested_
     paths = {
         "spec": write_json(out_dir / SPEC_FILE, spec),
         "scores": write_parquet(out_dir / SCORES_FILE, table),
-        "metrics": write_json(out_dir / "metrics.json", metrics),
+        "metrics": write_json(out_dir / METRICS_FILE, metrics),
         "compute": write_parquet(out_dir / "compute.parquet", compute),
         "pareto": write_bytes(out_dir / "pareto.png", pareto),
         "nested_oof": write_parquet(out_dir / NESTED_OOF_FILE, nested_oof),
@@ -261,10 +261,29 @@ def read_scores(ensemble_dir: Path) -> pl.DataFrame | None:
     return pl.read_parquet(path) if path.is_file() else None
 
 
+def read_metrics(ensemble_dir: Path) -> dict[str, Any] | None:
+    """metrics.json (the configured ensemble and the best member with intervals, per method, test split); None
+    before the ensemble is built."""
+    path = Path(ensemble_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_nested_oof(ensemble_dir: Path) -> pl.DataFrame | None:
+    """The nested OOF probabilities (nested_oof.parquet: ensemble, calibrated, best member); None before it is built."""
+    path = Path(ensemble_dir) / NESTED_OOF_FILE
+    return pl.read_parquet(path) if path.is_file() else None
+
+
 def read_roadmap(diagnostics_dir: Path) -> str | None:
     """The diagnostics roadmap (markdown); None before the diagnostics are built."""
     path = Path(diagnostics_dir) / ROADMAP_FILE
     return path.read_text() if path.is_file() else None
+
+
+def read_per_class_recall(diagnostics_dir: Path) -> pl.DataFrame | None:
+    """Members (+ "ensemble") x classes recall (per_class_recall.csv); None before the diagnostics are built."""
+    path = Path(diagnostics_dir) / RECALL_FILE
+    return pl.read_csv(path) if path.is_file() else None
 
 
 def build_diagnostics(
@@ -311,9 +330,9 @@ def build_diagnostics(
         "confusions": write_parquet(out_dir / "confusions.parquet", confusions),
         **{name: write_bytes(out_dir / f"{name}.png", png) for name, png in pngs.items()},
     }
-    with atomic_path(out_dir / "per_class_recall.csv", suffix=".csv") as tmp:
+    with atomic_path(out_dir / RECALL_FILE, suffix=".csv") as tmp:
         recall.write_csv(tmp)
-    paths["per_class_recall"] = out_dir / "per_class_recall.csv"
+    paths["per_class_recall"] = out_dir / RECALL_FILE
     return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths, shifted)
 
 

@@ -4,7 +4,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ens_assets.ensemble.build import build_diagnostics, build_ensemble, read_roadmap, read_scores, read_spec
+from ens_assets.ensemble.build import (
+    build_diagnostics,
+    build_ensemble,
+    read_metrics,
+    read_nested_oof,
+    read_per_class_recall,
+    read_roadmap,
+    read_scores,
+    read_spec,
+)
 from ens_assets.mlflow_store import Tracking, log_ensemble_run
 from ens_assets.ensemble.tables import PredictionTableError
 from ens_assets.plan import EnsembleConfig
@@ -47,6 +56,7 @@ def test_build_ensemble_writes_spec_scores_metrics_compute_and_submission(built)
     assert result.scores.equals(pl.read_parquet(out / "scores.parquet"))
     assert read_spec(out) == spec and read_scores(out).equals(result.scores)  # the CLI's readers
     assert read_spec(out / "nothing") is None and read_scores(out / "nothing") is None
+    assert read_metrics(out) == metrics and read_nested_oof(out).height == spec["oof_images"]
 
 
 def test_build_diagnostics_writes_roadmap_recall_confusions_and_pngs(built):
@@ -60,6 +70,7 @@ def test_build_diagnostics_writes_roadmap_recall_confusions_and_pngs(built):
     assert diagnostics.all_fail == ["rodent"] and diagnostics.single_win[0][:2] == ("bird", "a")
     assert "rodent" in (d / "roadmap.md").read_text()
     assert read_roadmap(d) == diagnostics.roadmap and read_roadmap(out) is None
+    assert read_per_class_recall(d).equals(recall) and read_per_class_recall(out) is None
 
 
 def test_test_images_missing_for_one_member_are_an_error_not_a_silent_drop(tmp_path):
