@@ -69,8 +69,12 @@ def demo_crops(work: Path, images_per_class: int, size: int) -> tuple[np.ndarray
     return np.ascontiguousarray(cache.images[train["row"].to_numpy()]), labels, train["fold"].to_numpy(), classes
 
 
-def oof_run(images, labels, folds, n_classes, size, variant, epochs) -> dict:
+def oof_run(images, labels, folds, n_classes, size, variant, epochs, backbone: str = BACKBONE,
+            weights: str | None = None) -> dict:
+    """OOF accuracy, log loss, training img/s and the OOF probabilities of one variant; `backbone` and
+    `weights` (a pretrained source replacing the variant's) let bench_pareto train the other Lite sizes."""
     pretrained, config = VARIANTS[variant]
+    pretrained = weights if weights is not None and pretrained is not None else pretrained
     x = resize_crops(images, size)
     probs = np.zeros((len(labels), n_classes))
     speeds = []
@@ -78,17 +82,17 @@ def oof_run(images, labels, folds, n_classes, size, variant, epochs) -> dict:
         train, held = folds != fold, folds == fold
         torch.manual_seed(0)
         outcome = train_member_model(
-            BACKBONE, n_classes, x[train], labels[train], x[held], labels[held], recipe=RECIPE, config=config,
+            backbone, n_classes, x[train], labels[train], x[held], labels[held], recipe=RECIPE, config=config,
             budget=Budget(epochs=epochs, patience=epochs, time_budget_s=3600), seed=0, out_dir=None,
             pretrained=pretrained, device=torch.device("cpu"), log=lambda _: None,
         )  # fmt: skip
-        model = create_member_model(BACKBONE, n_classes, None)
+        model = create_member_model(backbone, n_classes, None)
         model.load_state_dict(outcome.best_state)
         probs[held] = predict_proba(model, x[held], 64, torch.device("cpu"))
         speeds.append(outcome.images_per_second)
     probs /= probs.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within rounding
-    return {"accuracy": accuracy_score(labels, probs.argmax(1)),
-            "log_loss": log_loss(labels, probs, labels=list(range(n_classes))), "img_s": float(np.mean(speeds))}  # fmt: skip
+    return {"accuracy": accuracy_score(labels, probs.argmax(1)), "log_loss": log_loss(labels, probs, labels=list(range(n_classes))),
+            "img_s": float(np.mean(speeds)), "probs": probs}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

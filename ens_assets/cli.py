@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -151,7 +150,9 @@ class StageRunner:
         if self._run("data_job", label="data"):
             for line in _grouping_lines(self.plan):
                 self.out(f"      {line}")
-        report = json.loads(self.plan.manifest_report_path.read_text()) if self.plan.manifest_report_path.is_file() else {}
+        from ens_assets.data.ingest import read_manifest_report
+
+        report = read_manifest_report(self.plan)
         if report.get("small_classes"):
             self.out(f"      classes with fewer images than folds.k = {self.plan.folds.k}: {report['small_classes']} "
                      "(kept; data.min_class_images drops or merges them)")
@@ -243,15 +244,14 @@ class StageRunner:
         if self._run("ensemble_job", label="ensemble"):
             self.out(f"      {_test_split_line(self.plan)}")
 
-    def report(self, date: str | None = None) -> Path | None:
-        """Materialize the morning report of `date` (default: today in the plan's timezone); its report.md."""
-        from ens_assets.morning_report import REPORT_FILE, reports_dir
-
+    def report(self, date: str | None = None) -> str | None:
+        """Materialize the morning report of `date` (default: today in the plan's timezone); its date, None
+        when the run failed (morning_report.read_report reads it)."""
         date = date or report_date(self.plan)
         self.out(f"report: the morning report of {date}")
         if not self._run("report_job", date, f"morning report {date}"):
             return None
-        return reports_dir(self.plan) / date / REPORT_FILE
+        return date
 
     def run(self, stages) -> int:
         from ens_assets.runs.watchdog import RunWatchdog
@@ -271,9 +271,11 @@ class StageRunner:
 
 def _grouping_lines(plan) -> list[str]:
     """How the folds were grouped (folds.json): the grouping, its group count, and a warning on a fallback."""
-    if not plan.folds_summary_path.is_file():
+    from ens_assets.data.folds import read_grouping
+
+    grouping = read_grouping(plan)
+    if not grouping:
         return []
-    grouping = json.loads(plan.folds_summary_path.read_text())
     lines = [f"folds grouped by {grouping['group_by']}: {grouping['n_groups']} groups ({grouping['reason']})"]
     if grouping.get("warning"):
         lines.append(f"warning: {grouping['warning']}")
@@ -282,12 +284,9 @@ def _grouping_lines(plan) -> list[str]:
 
 def _test_split_line(plan) -> str:
     """What the ensemble's spec says about the test split: its size, or that there is none."""
-    import json
+    from ens_assets.ensemble.build import NO_TEST_SPLIT, read_spec
 
-    from ens_assets.ensemble.build import NO_TEST_SPLIT
-
-    spec_path = plan.ensemble_dir / "spec.json"
-    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    spec = read_spec(plan.ensemble_dir) or {}
     n, labelled = spec.get("test_images", 0), spec.get("test_labelled_images", 0)
     if not n:
         return NO_TEST_SPLIT
@@ -302,14 +301,12 @@ def report_date(plan) -> str:
 
 
 def _print_short_report(plan, out=print) -> None:
-    import json
+    from ens_assets.morning_report import read_short_report
 
-    from ens_assets.morning_report import SUMMARY_FILE, reports_dir
-
-    summary = reports_dir(plan) / report_date(plan) / SUMMARY_FILE
-    if summary.is_file():
+    short = read_short_report(plan, report_date(plan))
+    if short is not None:
         out("\n=== morning report (short; full: ens-assets report, or the morning_report asset in the UI) ===")
-        out(json.loads(summary.read_text())["short"])
+        out(short)
 
 
 def _params_diff(params: Path, old: str, new: str) -> str:
@@ -357,10 +354,11 @@ def _edit_command(args) -> int:
 def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
     import polars as pl
 
-    scores_path = plan.ensemble_dir / "scores.parquet"
+    from ens_assets.ensemble.build import read_roadmap, read_scores
+
+    table = read_scores(plan.ensemble_dir)
     out("\n=== ensemble vs members (honest, nested-by-fold OOF scores) ===")
-    if scores_path.is_file():
-        table = pl.read_parquet(scores_path)
+    if table is not None:
         ci = [pl.format("[{}, {}]", pl.col(f"{c}_lo").round(3), pl.col(f"{c}_hi").round(3)).alias(f"{c} 95%")
               for c in ("log_loss", "accuracy") if f"{c}_lo" in table.columns]
         extra = [c for c in ("calibrated_log_loss", "better_than_best") if c in table.columns]
@@ -369,10 +367,10 @@ def _print_where_to_look(plan, out=print, log_path: Path | None = None) -> None:
                               "in_sample_log_loss", "nested")
         with pl.Config(tbl_rows=40, tbl_cols=12, tbl_width_chars=160, float_precision=4, tbl_hide_dataframe_shape=True):
             out(str(scores))
-    roadmap = plan.diagnostics_dir / "roadmap.md"
-    if roadmap.is_file():
+    roadmap = read_roadmap(plan.diagnostics_dir)
+    if roadmap is not None:
         out("\n=== diagnostics roadmap ===")
-        out(roadmap.read_text())
+        out(roadmap)
     for line in _grouping_lines(plan):
         out(line)
     out(_test_split_line(plan))
@@ -506,12 +504,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("promote", "apply-proposals"):
         return _edit_command(args)
     if args.command == "report":
+        from ens_assets.morning_report import read_report
+
         runner = StageRunner(args.params, verbose=args.verbose, command="report")
-        path = runner.report(args.date)
-        if path is None or not path.is_file():
+        date = runner.report(args.date)
+        markdown = None if date is None else read_report(runner.plan, date)
+        if markdown is None:
             print("error: the morning report failed (see above)", file=sys.stderr)
             return 1
-        print(path.read_text())
+        print(markdown)
         return 0
     stages = STAGES if args.command == "demo" or args.stage == "all" else (args.stage,)
     stages = (*stages, "report") if args.command == "demo" else stages

@@ -31,9 +31,20 @@ def module_path(module: str) -> Path | None:
     return file if file.is_file() else None
 
 
-def _imports(module: str, path: Path) -> set[str]:
+def _imports(module: str, path: Path) -> frozenset[str]:
     """Modules of this package that `module` imports anywhere in its file (top level or inside functions)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    stat = path.stat()
+    names = _imported_names(module, str(path), stat.st_mtime_ns, stat.st_size)
+    return frozenset(name for name in names if module_path(name) is not None)
+
+
+# Keyed by the file's mtime and size as well as its path: a process that fingerprints many checkpoints parses
+# each source once, and an edited file (new mtime or size) is parsed again.
+@lru_cache(maxsize=512)
+def _imported_names(module: str, file: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Every name `module` imports (any package), from its file's syntax."""
+    path = Path(file)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=file)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -45,7 +56,7 @@ def _imports(module: str, path: Path) -> set[str]:
                 base = importlib.util.resolve_name("." * node.level + base, package)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {name for name in found if module_path(name) is not None}
+    return frozenset(found)
 
 
 def module_closure(roots: Iterable[str], skip: Iterable[str] = ()) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from ens_assets.data.folds import read_folds
 from ens_assets.plan import Plan
 from ens_assets.training.checkpoint_store import CheckpointStore
 
@@ -70,7 +71,7 @@ def image_sites(plan: Plan) -> dict[str, str] | None:
     """image_id -> site from the folds table (the bootstrap resamples sites); None when there is none."""
     if not plan.folds_path.is_file():
         return None
-    folds = pl.read_parquet(plan.folds_path)
+    folds = read_folds(plan)
     if "site" not in folds.columns or folds["site"].null_count():
         return None
     return dict(folds.select("image_id", pl.col("site").cast(pl.String)).iter_rows())
@@ -115,7 +116,7 @@ def oof_coverage(plan: Plan, member_key: str) -> OofCoverage:
     oof = pl.read_parquet(plan.oof_path(member.key))
     # Quarantined images have no crop, so they cannot have a prediction; the rest must, once.
     cropped = CheckpointStore(plan).cropped_image_ids(member.threshold)
-    folds = pl.read_parquet(plan.folds_path).join(cropped, on="image_id")
+    folds = read_folds(plan).join(cropped, on="image_id")
     expected = folds if member.stage == "cv" else folds.filter(pl.col("fold") == 0)
     return OofCoverage(
         coverage=CV_OOF if member.stage == "cv" else SMOKE_ONLY_OOF,

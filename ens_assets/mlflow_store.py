@@ -32,7 +32,8 @@ ENSEMBLE_RUN_FILE = "mlflow_run.json"  # under the ensemble folder: the run the 
 MODEL_ARTIFACT_PATH = "model"  # where log_pyfunc_model puts the model inside its run
 _METRICS_PER_BATCH = 900  # MLflow accepts at most 1000 metrics / 100 params per log_batch call
 _PARAMS_PER_BATCH = 100
-EPOCH_KEYS = ("train_loss", "val_loss", "train_acc", "val_acc", "lr")
+# select_*: the early-stopping slice (held-out training crops); val_*: epoch histories written before it existed.
+EPOCH_KEYS = ("train_loss", "select_loss", "val_loss", "train_acc", "select_acc", "val_acc", "lr")
 
 
 # --- where runs go ----------------------------------------------------------------------------------

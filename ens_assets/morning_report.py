@@ -22,7 +22,15 @@ import numpy as np
 import polars as pl
 
 from ens_assets.atomic import write_json, write_parquet, write_text
-from ens_assets.ensemble.build import BEST_PREFIX, ENSEMBLE_PREFIX, NESTED_OOF_FILE, nested_probs
+from ens_assets.ensemble.build import (
+    BEST_PREFIX,
+    ENSEMBLE_PREFIX,
+    nested_probs,
+    read_metrics,
+    read_nested_oof,
+    read_per_class_recall,
+    read_spec,
+)
 from ens_assets.ensemble.diagnostics import all_fail_classes
 from ens_assets.ensemble.intervals import Resampler, compare
 from ens_assets.plan import Plan
@@ -58,6 +66,18 @@ class MorningReport:
 
 def reports_dir(plan: Plan) -> Path:
     return plan.work / "reports"
+
+
+def read_report(plan: Plan, date: str) -> str | None:
+    """The markdown report of `date` (report.md); None when that night has no report."""
+    path = reports_dir(plan) / date / REPORT_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def read_short_report(plan: Plan, date: str) -> str | None:
+    """The few lines `make demo` prints of the report of `date` (summary.json's short); None when there is none."""
+    path = reports_dir(plan) / date / SUMMARY_FILE
+    return json.loads(path.read_text())["short"] if path.is_file() else None
 
 
 def previous_report(plan: Plan, date: str) -> Path | None:
@@ -132,10 +152,10 @@ def _what_ran(events: Sequence[NightEvent]) -> dict[str, Any]:
 
 def _ensemble_now(plan: Plan) -> dict[str, Any] | None:
     d = plan.ensemble_dir
-    if not (d / "metrics.json").is_file() or not (d / NESTED_OOF_FILE).is_file():
+    metrics, oof = read_metrics(d), read_nested_oof(d)
+    if metrics is None or oof is None:
         return None
-    return {"metrics": json.loads((d / "metrics.json").read_text()), "spec": json.loads((d / "spec.json").read_text()),
-            "oof": pl.read_parquet(d / NESTED_OOF_FILE)}
+    return {"metrics": metrics, "spec": read_spec(d), "oof": oof}
 
 
 def _deltas(now_oof: pl.DataFrame, before_oof: pl.DataFrame | None, classes: list[str], replicates: int) -> dict[str, Any]:
@@ -233,8 +253,7 @@ def build_morning_report(plan: Plan, date: str, events: Sequence[NightEvent], *,
     verdicts = smoke_verdicts(plan)
     promotions = promotions_since(plan, since)
     ensemble = _ensemble_now(plan)
-    recall_path = plan.diagnostics_dir / "per_class_recall.csv"
-    recall = pl.read_csv(recall_path) if recall_path.is_file() else None
+    recall = read_per_class_recall(plan.diagnostics_dir)
 
     weights = (ensemble or {}).get("spec", {}).get("weights", {})
     zero = [m for m, w in weights.items() if w <= 0]

@@ -201,7 +201,7 @@ class Budget(_Strict):
 
     epochs: int = Field(8, ge=1)
     time_budget_s: float = Field(600.0, gt=0)  # guardrail: stop after this many seconds of training
-    patience: int = Field(3, ge=1)  # early stopping on validation loss
+    patience: int = Field(3, ge=1)  # early stopping on the early-stopping slice's loss (never the OOF fold)
 
 
 class TrainingConfig(_Strict):
@@ -220,6 +220,12 @@ class TrainingConfig(_Strict):
     layer_decay: float | None = Field(None, gt=0, le=1)
     head_lr: float | None = Field(None, gt=0)
     freeze_epochs: int = Field(0, ge=0)
+    # The best epoch and early stopping are chosen on a slice of the fold's *training* images (whole folds-table
+    # groups: sites, sequences), never on the OOF fold that is predicted and scored. The slice holds at least
+    # early_stopping_min_per_class images of every class; when no slice can, the member trains on every training
+    # image for its whole budget and keeps the last epoch (the reason is recorded).
+    early_stopping_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    early_stopping_min_per_class: int = Field(1, ge=1)
     smoke: Budget = Budget(epochs=3, time_budget_s=120.0, patience=3)
     cv: Budget = Budget()
 

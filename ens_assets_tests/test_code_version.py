@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ens_assets.code_version import PACKAGE_DIR, code_version, has_code, module_closure, module_path
+from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = PACKAGE_DIR.parent
 
@@ -52,31 +53,61 @@ def test_code_version_follows_imports_and_ignores_docstrings(tmp_path):
     assert code_version(["ens_assets.member_runs"]) == code_version(["ens_assets.member_runs"])
 
 
+def test_an_edit_changes_the_version_in_the_same_process(tmp_path, monkeypatch):
+    """The parsed sources are cached per process, keyed by each file's mtime and size: an edit to a file already
+    hashed is seen by the next call, and so is an import added to one (its target joins the closure)."""
+    import ens_assets.code_version as cv
+
+    package = tmp_path / "ens_assets"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cv, "PACKAGE_DIR", package)
+    before = cv.code_version(["ens_assets.member_runs"])
+    assert cv.code_version(["ens_assets.member_runs"]) == before
+    loop = package / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\nTRAINING_TWEAK = 2\n")
+    edited = cv.code_version(["ens_assets.member_runs"])
+    assert edited != before, "an edit to training/loop.py went unseen by a process that had hashed it"
+    assert "ens_assets.ensemble.combiners" not in cv.module_closure(["ens_assets.member_runs"])
+    runs = package / "member_runs.py"
+    runs.write_text(runs.read_text() + "\nfrom ens_assets.ensemble import combiners  # noqa\n")
+    assert "ens_assets.ensemble.combiners" in cv.module_closure(["ens_assets.member_runs"])
+    assert cv.code_version(["ens_assets.member_runs"]) != edited
+
+
+# One process checks each copy in turn: it forgets every ens_assets module and imports the next copy's (the
+# third-party libraries stay imported, so a copy costs its own modules, not another torch import).
 _FRESH = """
-import sys
+import importlib, sys
 from pathlib import Path
-import ens_assets
-assert Path(ens_assets.__file__).resolve().parent == Path(sys.argv[2]).resolve(), ens_assets.__file__
-from ens_assets.plan import load_plan
-from ens_assets.training.run import checkpoint_is_fresh
-plan = load_plan(sys.argv[1])
-print(checkpoint_is_fresh(plan, sys.argv[3], "smoke"))
+params, member, packages = sys.argv[1], sys.argv[2], sys.argv[3:]
+for package in packages:
+    for name in [m for m in sys.modules if m == "ens_assets" or m.startswith("ens_assets.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(Path(package).parent))
+    importlib.invalidate_caches()
+    import ens_assets
+    assert Path(ens_assets.__file__).resolve().parent == Path(package).resolve(), ens_assets.__file__
+    from ens_assets.plan import load_plan
+    from ens_assets.training.run import checkpoint_is_fresh
+    print(package, checkpoint_is_fresh(load_plan(params), member, "smoke"))
+    sys.path.remove(str(Path(package).parent))
 """
 
 
 @pytest.mark.slow
-def test_editing_training_code_makes_checkpoints_stale(tiny_data, tmp_path):
+def test_editing_training_code_makes_checkpoints_stale(tiny_data, tmp_path, monkeypatch):
     """A copy of the package: a docstring edit or an ensemble edit keeps the checkpoint fresh; one changed
     line in training/loop.py makes it stale."""
     from ens_assets.member_runs import train_member_fold
     from ens_assets.training.run import checkpoint_is_fresh
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_tracking_store(tmp_path / "mlflow.db"))
     plan = tiny_data["plan"]
     member = plan.members[0].key
     train_member_fold(plan, member, "smoke", log=lambda *_: None)
     assert checkpoint_is_fresh(plan, member, "smoke")
 
-    # Three copies of the package, checked in three processes at once: untouched, reworded, and changed.
+    # Three copies of the package, each checked by its own code: untouched, reworded, and changed.
     def package_copy(name: str) -> Path:
         shutil.copytree(PACKAGE_DIR, tmp_path / name / "ens_assets", ignore=shutil.ignore_patterns("__pycache__"))
         return tmp_path / name / "ens_assets"
@@ -91,20 +122,14 @@ def test_editing_training_code_makes_checkpoints_stale(tiny_data, tmp_path):
     reword(changed)
     (changed / "training" / "loop.py").write_text((changed / "training" / "loop.py").read_text() + "\nTRAINING_TWEAK = 2\n")
 
-    def check(package: Path) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-c", _FRESH, str(tiny_data["params"]), str(package), member],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(package.parent)}, cwd=package.parent,
-        )  # fmt: skip
-
-    def fresh(proc: subprocess.Popen) -> bool:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        return out.strip().splitlines()[-1] == "True"
-
-    checks = [check(package) for package in (untouched, reworded, changed)]
-    untouched_fresh, reworded_fresh, changed_fresh = (fresh(proc) for proc in checks)
+    packages = (untouched, reworded, changed)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only each copy's folder, in turn
+    done = subprocess.run([sys.executable, "-c", _FRESH, str(tiny_data["params"]), member, *map(str, packages)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    fresh = dict(line.rsplit(" ", 1) for line in done.stdout.strip().splitlines()[-3:])
+    assert list(fresh) == [str(p) for p in packages], done.stdout
+    untouched_fresh, reworded_fresh, changed_fresh = (fresh[str(p)] == "True" for p in packages)
     assert untouched_fresh, "the untouched copy must agree with the original"
     assert reworded_fresh, "a docstring, a comment or an ensemble edit must not retrain checkpoints"
     assert not changed_fresh, "an edit to training/loop.py left the checkpoint fresh"

@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from ens_assets.cli import STAGES, StageRunner, main
-from ens_assets.morning_report import OOF_FILE, SUMMARY_FILE, reports_dir
+from ens_assets.morning_report import OOF_FILE, SUMMARY_FILE, read_report, read_short_report, reports_dir
 from ens_assets.plan import load_plan
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, member, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
 
 # Two nights of training in one module fixture: pytest-timeout counts the fixture into the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -45,7 +46,7 @@ def two_nights(tmp_path_factory):
     params = root / "params.yaml"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
         write_params(params, PARAMS)
         night1 = StageRunner(params, out=print)
         assert night1.run(STAGES) == 0
@@ -57,7 +58,7 @@ def two_nights(tmp_path_factory):
         write_params(params, second)
         night2 = StageRunner(params, out=print)
         assert night2.run(STAGES) == 0
-        assert night2.report(NIGHT_2) is not None
+        assert night2.report(NIGHT_2) == NIGHT_2
         yield root, params, night2
 
 
@@ -84,6 +85,8 @@ def test_second_report_pairs_tonight_with_last_night_and_counts_what_ran(two_nig
     assert {"log_loss", "accuracy"} <= set(deltas["deltas"]) and any(k.startswith("recall/") for k in deltas["deltas"])
     markdown = (reports_dir(plan) / NIGHT_2 / "report.md").read_text()
     assert "vs last night's ensemble" in markdown and "Smoke verdicts" in markdown
+    assert read_report(plan, NIGHT_2) == markdown and read_short_report(plan, NIGHT_2) == second["short"]  # the CLI's readers
+    assert read_report(plan, "1999-01-01") is None and read_short_report(plan, "1999-01-01") is None
     assert (reports_dir(plan) / NIGHT_2 / OOF_FILE).is_file()
 
 

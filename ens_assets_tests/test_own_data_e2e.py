@@ -23,6 +23,7 @@ import yaml
 from ens_assets.cli import main
 from ens_assets_tests import own_data
 from ens_assets_tests.instance_home import make_dagster_home
+from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +83,7 @@ def cli_env(tmp_path_factory):
     home = make_dagster_home(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
         yield root
 
 

@@ -3,6 +3,7 @@ predictions -> ensemble -> diagnostics, then the nightly and morning schedules a
 
 import datetime
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import pytest
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from ens_assets.cli import STAGES, StageRunner
+from ens_assets.cli import STAGES, StageRunner, execute_against_code_location
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets.defs.schedules import nightly_requests
 from ens_assets.defs.build import build_definitions
 from ens_assets.plan import load_plan
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
+from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = Path(__file__).resolve().parent.parent
 TICK = datetime.datetime(2026, 11, 23, 1, 0, tzinfo=datetime.timezone.utc)
@@ -47,7 +49,7 @@ def project(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("project")
     home = make_dagster_home(root)
     monkeypatch_module.setenv("DAGSTER_HOME", str(home))
-    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch_module.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
     return root
 
 
@@ -177,6 +179,24 @@ def test_nightly_schedule_requests_only_stale_partitions(materialized, project):
         result = _schedule(defs, "nightly_training").evaluate_tick(ctx)
     assert [r.partition_key for r in result.run_requests] == [str(checkpoint_key(GOOD_A, f)) for f in ("smoke", "1")]
     write_params(project, PARAMS)
+
+
+def test_a_nightly_request_runs_as_the_daemon_launches_it(materialized):
+    """The daemon creates a run from a request's tags alone: they must name the member x fold partition fully."""
+    runner, _, _ = materialized
+    plan, instance = runner.plan, runner.instance
+    missing = plan.checkpoint_dir(GOOD_B, "1")
+    shutil.rmtree(missing)
+    with _schedule_context(runner.defs, instance) as ctx:
+        (request,) = _schedule(runner.defs, "nightly_training").evaluate_tick(ctx).run_requests
+    assert request.partition_key == str(checkpoint_key(GOOD_B, "1"))
+    assert {k: v for k, v in request.tags.items() if k.startswith("dagster/partition")} == {
+        "dagster/partition": request.partition_key, "dagster/partition/member": GOOD_B, "dagster/partition/fold": "1",
+    }  # fmt: skip
+    job = runner.defs.resolve_job_def("checkpoints_job")
+    result = execute_against_code_location(job, instance, partition_key=None, tags=request.tags, run_config={})
+    assert result.success
+    assert (missing / "model.safetensors").is_file()
 
 
 def test_morning_schedule_refreshes_members_with_complete_checkpoints(materialized):

@@ -94,3 +94,33 @@ SHARED_PROJECT = tiny_plan(
     training={"smoke": budget(2, 120, 3), "cv": budget(2, 120, 3)},
     members=[member(0.05), member(0.2, "mixup", "smoke")],
 )  # fmt: skip
+
+
+def prepare_demo_data(plan, workers: int | None = None) -> dict[str, Any]:
+    """The data and crops stages of a demo plan run with the data core in this process (when a test needs trained
+    or cropped data but is not about those stages), written at the plan's conventional paths: the demo images,
+    manifest, detections, folds, and one crop cache per threshold built at `plan.crop_settings` (the crop stage's
+    settings: the cache size every member's input fits). `workers`: crop processes (None: the plan's).
+
+    Returns what it made: demo_info, manifest, detections, folds, crop_summaries (by threshold key).
+    """
+    from ens_assets.atomic import write_parquet
+    from ens_assets.data.crops import build_crop_cache
+    from ens_assets.data.demo import generate_demo
+    from ens_assets.data.detections import load_detections
+    from ens_assets.data.folds import assign_folds
+    from ens_assets.data.ingest import load_manifest
+
+    demo_info = generate_demo(plan.data_root, plan.data.demo)
+    manifest = load_manifest(plan)
+    write_parquet(plan.manifest_path, manifest)
+    detections = load_detections(plan.path(plan.data.detections), manifest)
+    write_parquet(plan.detections_path, detections)
+    crop_summaries = {
+        key: build_crop_cache(manifest, detections, float(key), plan.crop_settings, plan.crops_dir(key), workers=workers)
+        for key in plan.threshold_keys
+    }
+    folds = assign_folds(manifest, plan.folds.k, plan.folds.seed)
+    write_parquet(plan.folds_path, folds)
+    return {"demo_info": demo_info, "manifest": manifest, "detections": detections, "folds": folds,
+            "crop_summaries": crop_summaries}  # fmt: skip

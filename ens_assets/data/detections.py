@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
-from ens_assets.atomic import atomic_path
+from ens_assets.atomic import atomic_path, write_json, write_parquet
 from ens_assets.plan import Plan
 
 DETECTIONS_SCHEMA = pl.Schema(
@@ -245,6 +245,19 @@ def read_detections(json_path: Path, manifest: pl.DataFrame) -> DetectionsLoad:
 def load_detections(json_path: Path, manifest: pl.DataFrame) -> pl.DataFrame:
     """The detections table of read_detections (one row per detection, for every manifest image)."""
     return read_detections(json_path, manifest).table
+
+
+def write_detection_table(plan: Plan, frame: pl.DataFrame, summary: dict) -> None:
+    """The detections table (detections.parquet) and its summary (detections.json), each written atomically."""
+    write_parquet(plan.detections_path, frame)
+    write_json(plan.detections_summary_path, summary)
+
+
+def read_detection_table(plan: Plan) -> pl.DataFrame:
+    """The detections table the detections asset wrote; a clear error when it has not run."""
+    if not plan.detections_path.is_file():
+        raise FileNotFoundError(f"{plan.detections_path}: no detections table; materialize the detections asset first")
+    return pl.read_parquet(plan.detections_path)
 
 
 def no_detector_table(manifest: pl.DataFrame) -> pl.DataFrame:

@@ -6,19 +6,24 @@ Groups never span folds. What a group is follows folds.group_by:
 - burst: frames of one camera within folds.burst_gap_s of each other (EXIF DateTimeOriginal);
 - image: every image on its own (StratifiedKFold; near-duplicate burst frames may leak across folds);
 - auto: the first of site, sequence, burst that gives at least k groups, else image with a warning.
+
+`selection_split` carves a held-out slice from a fold's training rows by the same groups: the slice a
+member's epochs are chosen on (early stopping) and a subset member's soups are chosen on, never the OOF fold.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold
 
+from ens_assets.atomic import write_json, write_parquet
 from ens_assets.data.bursts import burst_ids, capture_table
-from ens_assets.plan import FoldConfig
+from ens_assets.plan import FoldConfig, Plan
 
 FOLDS_SCHEMA = pl.Schema(
     {"image_id": pl.String, "site": pl.String, "label": pl.String, "group": pl.String, "fold": pl.Int64}
@@ -28,6 +33,10 @@ UNKNOWN_SITE = "unknown"
 
 class FoldError(ValueError):
     """Folds that cannot be made from this manifest; names the fix."""
+
+
+class HoldoutError(ValueError):
+    """No held-out slice of a fold's training rows can be carved (too few groups or rows of a class); names why."""
 
 
 @dataclass
@@ -174,6 +183,24 @@ def make_folds(manifest: pl.DataFrame, cfg: FoldConfig) -> tuple[pl.DataFrame, G
     return frame.select(list(FOLDS_SCHEMA)), grouping
 
 
+def write_folds(plan: Plan, frame: pl.DataFrame, grouping: Grouping) -> None:
+    """The folds table (folds.parquet) and how it was grouped (folds.json), each written atomically."""
+    write_parquet(plan.folds_path, frame)
+    write_json(plan.folds_summary_path, grouping.as_dict())
+
+
+def read_folds(plan: Plan) -> pl.DataFrame:
+    """The plan's folds table (FOLDS_SCHEMA); a clear error when the folds asset has not run."""
+    if not plan.folds_path.is_file():
+        raise FileNotFoundError(f"{plan.folds_path}: no folds table; materialize the folds asset first")
+    return pl.read_parquet(plan.folds_path)
+
+
+def read_grouping(plan: Plan) -> dict:
+    """How the folds were grouped (folds.json, Grouping.as_dict()); {} before the folds asset has run."""
+    return json.loads(plan.folds_summary_path.read_text()) if plan.folds_summary_path.is_file() else {}
+
+
 def assign_folds(manifest: pl.DataFrame, k: int, seed: int, group_by: str = "auto", burst_gap_s: float = 60.0) -> pl.DataFrame:
     """make_folds without the grouping record (the folds table only)."""
     return make_folds(manifest, FoldConfig(k=k, seed=seed, group_by=group_by, burst_gap_s=burst_gap_s))[0]
@@ -204,3 +231,59 @@ def check_folds(folds: pl.DataFrame) -> FoldReport:
                 f"fold {k}: validation has no {missing}; per-class metrics for them come from other folds only"
             )
     return report
+
+
+# --- a held-out slice of one fold's training rows ----------------------------------------------------
+def selection_split(labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None, *,
+                    min_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(training indices, held-out indices): a class-stratified slice of about `fraction` of the rows, whole
+    groups (an image's crops; a site or sequence) on one side.
+
+    With `min_per_class` > 0 the slice must leave at least one row of every class for training (HoldoutError
+    names the classes when no candidate does); among those candidates, the first that holds the most classes
+    with >= min_per_class rows wins. A class living in one group (one site) cannot be both held out and
+    trained on: `classes_short_in_slice` says which classes the chosen slice lacks.
+    """
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        raise HoldoutError(f"{len(np.unique(groups))} training group(s) cannot give a held-out slice; use more data")
+    best, best_covered = None, -1
+    for train_idx, select_idx in _candidate_slices(labels, groups, fraction, seed):
+        if not min_per_class:
+            return np.sort(train_idx), np.sort(select_idx)
+        if len(np.unique(labels[train_idx])) < len(np.unique(labels)):
+            continue  # the slice would take a class out of training altogether
+        covered = len(np.unique(labels)) - len(classes_short_in_slice(labels, select_idx, min_per_class))
+        if covered > best_covered:
+            best, best_covered = (np.sort(train_idx), np.sort(select_idx)), covered
+    if best is None:
+        raise HoldoutError(_too_few_message(labels, groups, fraction))
+    return best
+
+
+def classes_short_in_slice(labels: np.ndarray, select_idx: np.ndarray, min_per_class: int) -> list:
+    """Classes with fewer than `min_per_class` rows in the held-out slice."""
+    held = np.asarray(labels)[select_idx]
+    return [c for c in np.unique(labels) if (held == c).sum() < min_per_class]
+
+
+def _candidate_slices(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int):
+    """StratifiedGroupKFold's folds as slices (about 1/fraction of them); group shuffles when it cannot stratify."""
+    n_splits, state = max(2, int(round(1.0 / fraction))), int(seed) % (2**32)
+    rows = np.zeros(len(labels))
+    try:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=state)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+            candidates = list(splitter.split(rows, labels, groups))
+    except ValueError:  # tiny data: fewer groups than splits; keep the groups together anyway
+        candidates = GroupShuffleSplit(n_splits=n_splits, test_size=fraction, random_state=state).split(rows, labels, groups)
+    yield from candidates
+
+
+def _too_few_message(labels: np.ndarray, groups: np.ndarray, fraction: float) -> str:
+    counts = {c: ((labels == c).sum(), len(np.unique(groups[labels == c]))) for c in np.unique(labels)}
+    listed = ", ".join(f"class {c}: {n} row(s) in {g} group(s)" for c, (n, g) in sorted(counts.items(), key=lambda kv: kv[1]))
+    return (f"every held-out slice of about {fraction:.0%} of the training rows ({len(np.unique(groups))} groups) would "
+            f"take some class out of training altogether ({listed})")

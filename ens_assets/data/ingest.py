@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 import polars as pl
 
+from ens_assets.atomic import write_json, write_parquet
 from ens_assets.data.quarantine import RowQuarantine
 from ens_assets.plan import CLASSES_CONSERVISION, Plan
 
@@ -453,6 +454,43 @@ def ingest(plan: Plan) -> Ingested:
 def load_manifest(plan: Plan) -> pl.DataFrame:
     """The manifest of the plan's dataset (ingest(plan) without the quarantine and notes)."""
     return ingest(plan).manifest
+
+
+# --- the manifest's files: written by the manifest asset, read by every later stage ----------------
+def manifest_report(plan: Plan, ingested: Ingested) -> dict:
+    """What manifest.json holds: counts, quarantined label rows (the first 200), small classes, notes."""
+    return {
+        "n_images": ingested.manifest.height,
+        "n_quarantined_label_rows": ingested.quarantine.height,
+        "quarantined_label_rows": ingested.quarantine.head(200).to_dicts(),
+        "folds_k": plan.folds.k,
+        "small_classes": ingested.small_classes,
+        "notes": ingested.notes,
+    }
+
+
+def write_ingested(plan: Plan, ingested: Ingested) -> None:
+    """manifest.parquet, manifest_quarantine.parquet and manifest.json, each written atomically."""
+    write_parquet(plan.manifest_path, ingested.manifest)
+    write_parquet(plan.manifest_quarantine_path, ingested.quarantine)
+    write_json(plan.manifest_report_path, manifest_report(plan, ingested))
+
+
+def read_manifest(plan: Plan) -> pl.DataFrame:
+    """The manifest the manifest asset wrote; a clear error when it has not run."""
+    if not plan.manifest_path.is_file():
+        raise FileNotFoundError(f"{plan.manifest_path}: no manifest; materialize the manifest asset first")
+    return pl.read_parquet(plan.manifest_path)
+
+
+def read_label_quarantine(plan: Plan) -> pl.DataFrame | None:
+    """The label rows ingest quarantined (QUARANTINE_SCHEMA); None before the manifest asset has run."""
+    return pl.read_parquet(plan.manifest_quarantine_path) if plan.manifest_quarantine_path.is_file() else None
+
+
+def read_manifest_report(plan: Plan) -> dict:
+    """manifest.json (manifest_report); {} before the manifest asset has run."""
+    return json.loads(plan.manifest_report_path.read_text()) if plan.manifest_report_path.is_file() else {}
 
 
 def classes_below(manifest: pl.DataFrame, n: int) -> dict[str, int]:

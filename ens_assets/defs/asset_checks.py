@@ -1,11 +1,6 @@
 """Asset checks: folds keep each group (site/sequence/burst) in one fold, every image is accounted for, OOF
 coverage; and the smoke gate's spec and result, which the checkpoints asset evaluates on smoke partitions."""
 
-
-import json
-
-import polars as pl
-
 import dagster as dg
 
 from ens_assets.defs.partitions import checkpoint_partitions, member_partitions, threshold_partitions
@@ -53,11 +48,11 @@ def build_asset_checks(plan: Plan, assets: dict[str, dg.AssetsDefinition]) -> li
     def folds_keep_groups_together(plan_resource: PlanResource) -> dg.AssetCheckResult:
         """No group (site, sequence, burst: whatever folds.group_by chose) in two folds (ERROR); every class
         in every fold's validation part (WARN only)."""
-        from ens_assets.data.folds import check_folds
+        from ens_assets.data.folds import check_folds, read_folds, read_grouping
 
         plan = plan_resource.load()
-        report = check_folds(pl.read_parquet(plan.folds_path))
-        grouping = json.loads(plan.folds_summary_path.read_text()) if plan.folds_summary_path.is_file() else {}
+        report = check_folds(read_folds(plan))
+        grouping = read_grouping(plan)
         group_by = grouping.get("group_by", "site")
         severity = dg.AssetCheckSeverity.ERROR if report.groups_in_several_folds else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(

@@ -7,7 +7,6 @@ import polars as pl
 
 import dagster as dg
 
-from ens_assets.atomic import write_parquet
 from ens_assets.defs.metadata import frame_markdown, table_metadata
 from ens_assets.defs.partitions import threshold_partitions
 from ens_assets.defs.resources import PlanResource
@@ -56,24 +55,13 @@ def _manifest_asset(source_images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     def manifest(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """One validated table of every image: id, path, label, site, split."""
         refuse_failed_inputs(context)
-        from ens_assets.atomic import write_json
-        from ens_assets.data.ingest import ingest, manifest_summary
+        from ens_assets.data.ingest import ingest, manifest_summary, write_ingested
 
         plan = plan_resource.load()
         ingested = ingest(plan)
         frame = ingested.manifest
-        write_parquet(plan.manifest_path, frame)
-        write_parquet(plan.manifest_quarantine_path, ingested.quarantine)
+        write_ingested(plan, ingested)
         summary = manifest_summary(frame)
-        report = {
-            "n_images": frame.height,
-            "n_quarantined_label_rows": ingested.quarantine.height,
-            "quarantined_label_rows": ingested.quarantine.head(200).to_dicts(),
-            "folds_k": plan.folds.k,
-            "small_classes": ingested.small_classes,
-            "notes": ingested.notes,
-        }
-        write_json(plan.manifest_report_path, report)
         for note in ingested.notes:
             context.log.warning(note)
         if ingested.quarantine.height:
@@ -108,25 +96,23 @@ def _detections_asset(manifest: dg.AssetsDefinition) -> dg.AssetsDefinition:
     def detections(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """MegaDetector boxes per image (from a batch-output JSON, or by running MegaDetector)."""
         refuse_failed_inputs(context)
-        from ens_assets.atomic import write_json
-        from ens_assets.data.detections import detector_from_megadetector, no_detector_table, read_detections
+        from ens_assets.data.detections import detector_from_megadetector, no_detector_table, read_detections, write_detection_table
+        from ens_assets.data.ingest import read_manifest
 
         plan = plan_resource.load()
-        frame_manifest = pl.read_parquet(plan.manifest_path)
+        frame_manifest = read_manifest(plan)
         if plan.detection_source == "none":
             frame = no_detector_table(frame_manifest)
-            write_parquet(plan.detections_path, frame)
-            write_json(plan.detections_summary_path, {"source": "none", "images_by_status": {"no_detector": frame.height}})
+            write_detection_table(plan, frame, {"source": "none", "images_by_status": {"no_detector": frame.height}})
             context.log.info("no data.detections: one crops partition 'full' (whole frames letterboxed to square)")
             return dg.MaterializeResult(metadata={"source": "none (whole frames)", "images": frame.height})
         if plan.detection_source == "observations":
             from ens_assets.data.camtrap_dp import observation_detections
 
             frame = observation_detections(plan.data_root, frame_manifest)
-            write_parquet(plan.detections_path, frame)
             with_box = frame.filter(pl.col("conf").is_not_null())["image_id"].n_unique()
-            write_json(plan.detections_summary_path, {"source": "camtrap-dp observations", "images_with_boxes": with_box,
-                                                      "images": frame_manifest.height})  # fmt: skip
+            write_detection_table(plan, frame, {"source": "camtrap-dp observations", "images_with_boxes": with_box,
+                                                "images": frame_manifest.height})  # fmt: skip
             return dg.MaterializeResult(
                 metadata={"source": "Camtrap DP observation boxes", "images_with_boxes": with_box, "images": frame_manifest.height}
             )
@@ -134,9 +120,8 @@ def _detections_asset(manifest: dg.AssetsDefinition) -> dg.AssetsDefinition:
         json_path = plan.detections_json or detector_from_megadetector(frame_manifest, plan)
         loaded = read_detections(json_path, frame_manifest)
         frame = loaded.table
-        write_parquet(plan.detections_path, frame)
         summary = loaded.summary()
-        write_json(plan.detections_summary_path, summary)
+        write_detection_table(plan, frame, summary)
         problems = frame.filter(pl.col("problem").is_not_null()).group_by("problem").len()
         if loaded.unmatched:
             context.log.warning(
@@ -167,19 +152,22 @@ def _crops_asset(plan: Plan, detections: dg.AssetsDefinition) -> dg.AssetsDefini
         cached as a uint8 memmap."""
         refuse_failed_inputs(context)
         from ens_assets.data.crops import build_crop_cache
+        from ens_assets.data.detections import read_detection_table
+        from ens_assets.data.ingest import read_label_quarantine, read_manifest
+        from ens_assets.training.checkpoint_store import CheckpointStore
 
         plan = plan_resource.load()
         summary = build_crop_cache(
-            pl.read_parquet(plan.manifest_path),
-            pl.read_parquet(plan.detections_path),
+            read_manifest(plan),
+            read_detection_table(plan),
             context.partition_key,
             plan.crop_settings,  # at the largest member image size
             plan.crops_dir(context.partition_key),
             workers=plan.crops.workers or None,
             max_pixels=plan.data.max_image_pixels,
-            label_rows=pl.read_parquet(plan.manifest_quarantine_path) if plan.manifest_quarantine_path.is_file() else None,
+            label_rows=read_label_quarantine(plan),
         )
-        quarantine = pl.read_parquet(plan.crops_dir(context.partition_key) / "quarantine.parquet")
+        quarantine = CheckpointStore(plan).crop_quarantine(context.partition_key)
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))),
@@ -198,13 +186,12 @@ def _folds_asset(manifest: dg.AssetsDefinition) -> dg.AssetsDefinition:
     def folds(context: dg.AssetExecutionContext, plan_resource: PlanResource) -> dg.MaterializeResult:
         """k folds by StratifiedGroupKFold over sites, sequences or bursts (folds.group_by): no group in two folds."""
         refuse_failed_inputs(context)
-        from ens_assets.atomic import write_json
-        from ens_assets.data.folds import make_folds
+        from ens_assets.data.folds import make_folds, write_folds
+        from ens_assets.data.ingest import read_manifest
 
         plan = plan_resource.load()
-        frame, grouping = make_folds(pl.read_parquet(plan.manifest_path), plan.folds)
-        write_parquet(plan.folds_path, frame)
-        write_json(plan.folds_summary_path, grouping.as_dict())
+        frame, grouping = make_folds(read_manifest(plan), plan.folds)
+        write_folds(plan, frame, grouping)
         if grouping.warning:
             context.log.warning(grouping.warning)
         per_fold = frame.group_by("fold").agg(

@@ -75,8 +75,8 @@ def _ensemble_asset(oof_predictions: dg.AssetsDefinition, test_predictions: dg.A
                 "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
-                **({"test_recall": dg.MetadataValue.md(frame_markdown(pl.read_csv(result.paths["test_recall"])))}
-                   if "test_recall" in result.paths else {}),
+                **({"test_recall": dg.MetadataValue.md(frame_markdown(result.test_recall))}
+                   if result.test_recall is not None else {}),
                 "site_shift": dg.MetadataValue.json(result.metrics["test_split"].get("site_shift", [])),
                 "mlflow_run_id": run_id,
                 "ensemble_model": dg.MetadataValue.path(str(artefact_dir)),

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from ens_assets.defs.partitions import checkpoint_key
+from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import PlanResource
 from ens_assets.plan import Plan
 from ens_assets.runs.in_flight import in_flight_partitions
@@ -50,7 +50,7 @@ def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[d
     members that passed the gate, cheapest first), none already queued/running."""
     from ens_assets.checkpoint_order import checkpoint_order, read_checkpoint_state
 
-    requests = []
+    requests, partitions = [], checkpoint_partitions(plan)
     for rank, (member, fold) in enumerate(checkpoint_order(plan, read_checkpoint_state(plan)).runs):
         key = checkpoint_key(member, fold)
         if str(key) in in_flight:
@@ -61,7 +61,7 @@ def nightly_requests(plan: Plan, in_flight: set[str], night: str = "") -> list[d
                 run_key=f"{night}:{key}",
                 partition_key=key,
                 # Lower-cost work first when the queue drains (higher priority runs earlier).
-                tags={"dagster/priority": str(-rank), **_partition_tags(key), "ens_assets/member": member, "ens_assets/fold": fold},
+                tags={"dagster/priority": str(-rank), **_partition_tags(partitions, key), "ens_assets/member": member, "ens_assets/fold": fold},
             )
         )
     return requests
@@ -72,10 +72,13 @@ def _tick_date(context: dg.ScheduleEvaluationContext) -> str:
     return context.scheduled_execution_time.date().isoformat() if context.scheduled_execution_time else ""
 
 
-def _partition_tags(key) -> dict[str, str]:
-    """The partition as a tag from the start: the UI's tick preview shows a request's own tags, before
-    Dagster adds the partition's, so without it every request reads as the same bare job name."""
-    return {"dagster/partition": str(key)}
+def _partition_tags(partitions: dg.PartitionsDefinition, key) -> dict[str, str]:
+    """The partition's run tags from the start: the UI's tick preview shows a request's own tags, before
+    Dagster adds the partition's, so without them every request reads as the same bare job name.
+    All of them, as Dagster writes them: a request that already carries `dagster/partition` counts as resolved,
+    so Dagster adds nothing, and a member x fold run without its per-dimension tags hands its step a plain
+    string key (every nightly run the daemon launched failed on that)."""
+    return dict(partitions.get_tags_for_partition_key(key))
 
 
 def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.ScheduleDefinition]:
@@ -114,8 +117,9 @@ def build_schedules(plan: Plan, jobs: dict[str, dg.JobDefinition]) -> list[dg.Sc
         store = CheckpointStore(plan_now)
         busy = in_flight_partitions(context.instance, "predictions_job")
         morning = _tick_date(context)
+        members = member_partitions(plan_now)
         requests = [
-            dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(m), "ens_assets/member": m})
+            dg.RunRequest(run_key=f"{morning}:{m}", partition_key=m, tags={**_partition_tags(members, m), "ens_assets/member": m})
             for m in plan_now.member_keys
             if m not in busy and store.complete(m)
         ]

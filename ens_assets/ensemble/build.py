@@ -5,6 +5,7 @@ Every file is written atomically, so a killed step leaves the previous outputs o
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +35,8 @@ SUBMISSION_FORMATS = ("conservision",)
 NO_TEST_SPLIT = ("no test split: the ensemble and its diagnostics stand on OOF scores alone and submission.csv "
                  "is empty (hold sites out with data.test_site_fraction or data.test_sites for a held-out score)")
 NESTED_OOF_FILE = "nested_oof.parquet"
+SPEC_FILE, SCORES_FILE, METRICS_FILE = "spec.json", "scores.parquet", "metrics.json"  # in the ensemble folder
+ROADMAP_FILE, RECALL_FILE = "roadmap.md", "per_class_recall.csv"  # in the diagnostics folder
 # Prefixes of the probability columns in nested_oof.parquet (the morning report pairs nights on them).
 ENSEMBLE_PREFIX, CALIBRATED_PREFIX, BEST_PREFIX = "ensemble/", "calibrated/", "best_member/"
 
@@ -47,6 +50,7 @@ class EnsembleResult:
     paths: dict[str, Path] = field(default_factory=dict)  # every file written, by short name
     pngs: dict[str, bytes] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # what metrics.json holds
+    test_recall: pl.DataFrame | None = None  # per-class recall on labelled test images (test_recall.csv)
 
     @property
     def test_split_note(self) -> str:
@@ -156,7 +160,8 @@ def build_ensemble(
     )
     pareto = pareto_png(compute)
     paths = _write_outputs(out_dir, spec, table, metrics, compute, pareto, nested_oof, held_out, submission)
-    return EnsembleResult(spec, table, compute, paths["submission"], paths, {"pareto": pareto}, metrics)
+    return EnsembleResult(spec, table, compute, paths["submission"], paths, {"pareto": pareto}, metrics,
+                          held_out.recall if held_out is not None else None)
 
 
 def _stacks(oof: dict[str, pl.DataFrame], test: dict[str, pl.DataFrame], classes: list[str]):
@@ -212,9 +217,9 @@ def _ensemble_metrics(scored, stack, cfg: EnsembleConfig, methods, compute, memb
 def _write_outputs(out_dir: Path, spec, table, metrics, compute, pareto, nested_oof, held_out, submission) -> dict[str, Path]:
     """Every file of the ensemble folder, each written atomically."""
     paths = {
-        "spec": write_json(out_dir / "spec.json", spec),
-        "scores": write_parquet(out_dir / "scores.parquet", table),
-        "metrics": write_json(out_dir / "metrics.json", metrics),
+        "spec": write_json(out_dir / SPEC_FILE, spec),
+        "scores": write_parquet(out_dir / SCORES_FILE, table),
+        "metrics": write_json(out_dir / METRICS_FILE, metrics),
         "compute": write_parquet(out_dir / "compute.parquet", compute),
         "pareto": write_bytes(out_dir / "pareto.png", pareto),
         "nested_oof": write_parquet(out_dir / NESTED_OOF_FILE, nested_oof),
@@ -236,15 +241,49 @@ def diagnose_built_ensemble(
     oof: dict[str, pl.DataFrame], classes: Sequence[str], cfg: EnsembleConfig, ensemble_dir: Path, out_dir: Path
 ) -> DiagnosticsResult:
     """build_diagnostics of the ensemble build_ensemble wrote to `ensemble_dir` (its spec, nested OOF, scores)."""
-    import json
-
     ensemble_dir = Path(ensemble_dir)
-    spec_path = ensemble_dir / "spec.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path}: no fitted ensemble; materialize the ensemble asset first")
-    return build_diagnostics(oof, classes, json.loads(spec_path.read_text()), cfg, out_dir,
-                             nested_oof=pl.read_parquet(ensemble_dir / NESTED_OOF_FILE),
-                             scores=pl.read_parquet(ensemble_dir / "scores.parquet"))  # fmt: skip
+    spec = read_spec(ensemble_dir)
+    if spec is None:
+        raise FileNotFoundError(f"{ensemble_dir / SPEC_FILE}: no fitted ensemble; materialize the ensemble asset first")
+    return build_diagnostics(oof, classes, spec, cfg, out_dir, nested_oof=pl.read_parquet(ensemble_dir / NESTED_OOF_FILE),
+                             scores=pl.read_parquet(ensemble_dir / SCORES_FILE))  # fmt: skip
+
+
+def read_spec(ensemble_dir: Path) -> dict[str, Any] | None:
+    """The fitted ensemble's spec.json (members, weights, temperature, test split); None before it is built."""
+    path = Path(ensemble_dir) / SPEC_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_scores(ensemble_dir: Path) -> pl.DataFrame | None:
+    """The honest comparison table (scores.parquet: scoring.SCORE_COLUMNS + test columns); None before it is built."""
+    path = Path(ensemble_dir) / SCORES_FILE
+    return pl.read_parquet(path) if path.is_file() else None
+
+
+def read_metrics(ensemble_dir: Path) -> dict[str, Any] | None:
+    """metrics.json (the configured ensemble and the best member with intervals, per method, test split); None
+    before the ensemble is built."""
+    path = Path(ensemble_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_nested_oof(ensemble_dir: Path) -> pl.DataFrame | None:
+    """The nested OOF probabilities (nested_oof.parquet: ensemble, calibrated, best member); None before it is built."""
+    path = Path(ensemble_dir) / NESTED_OOF_FILE
+    return pl.read_parquet(path) if path.is_file() else None
+
+
+def read_roadmap(diagnostics_dir: Path) -> str | None:
+    """The diagnostics roadmap (markdown); None before the diagnostics are built."""
+    path = Path(diagnostics_dir) / ROADMAP_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def read_per_class_recall(diagnostics_dir: Path) -> pl.DataFrame | None:
+    """Members (+ "ensemble") x classes recall (per_class_recall.csv); None before the diagnostics are built."""
+    path = Path(diagnostics_dir) / RECALL_FILE
+    return pl.read_csv(path) if path.is_file() else None
 
 
 def build_diagnostics(
@@ -287,13 +326,13 @@ def build_diagnostics(
     if nested_oof is not None:
         pngs["reliability"] = reliability_png(reliability_curves(nested_oof, list(classes)))
     paths = {
-        "roadmap": write_text(out_dir / "roadmap.md", roadmap),
+        "roadmap": write_text(out_dir / ROADMAP_FILE, roadmap),
         "confusions": write_parquet(out_dir / "confusions.parquet", confusions),
         **{name: write_bytes(out_dir / f"{name}.png", png) for name, png in pngs.items()},
     }
-    with atomic_path(out_dir / "per_class_recall.csv", suffix=".csv") as tmp:
+    with atomic_path(out_dir / RECALL_FILE, suffix=".csv") as tmp:
         recall.write_csv(tmp)
-    paths["per_class_recall"] = out_dir / "per_class_recall.csv"
+    paths["per_class_recall"] = out_dir / RECALL_FILE
     return DiagnosticsResult(recall, all_fail, single_win, confusions, unused, roadmap, pngs, paths, shifted)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 
-import polars as pl
-
+from ens_assets.data.ingest import read_label_quarantine
 from ens_assets.plan import Plan
-from ens_assets.training.checkpoint_store import CheckpointStore
+from ens_assets.training.checkpoint_store import CROP_QUARANTINE_FILE, CheckpointStore
 
 MAX_REASONS = 6
 _FILE_ROW_PREFIX = re.compile(r"^/.*?: ")  # label-row reasons start with '<absolute file> row N (id X): '
@@ -29,16 +28,14 @@ def reason_table(counts: dict[str, int], indent: str = "        ") -> list[str]:
 
 
 def data_stage_report(plan: Plan) -> list[str]:
-    lines: list[str] = []
-    if plan.manifest_quarantine_path.is_file():
-        rows = pl.read_parquet(plan.manifest_quarantine_path)
-        if rows.height:
-            counts: dict[str, int] = {}
-            for reason in rows["reason"].to_list():
-                counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
-            lines.append(f"      quarantined {rows.height} label row(s), by reason (full list: {plan.manifest_quarantine_path}):")
-            lines += reason_table(counts)
-    return lines
+    rows = read_label_quarantine(plan)
+    if rows is None or not rows.height:
+        return []
+    counts: dict[str, int] = {}
+    for reason in rows["reason"].to_list():
+        counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
+    return [f"      quarantined {rows.height} label row(s), by reason (full list: {plan.manifest_quarantine_path}):",
+            *reason_table(counts)]
 
 
 def crops_stage_report(plan: Plan, key: str) -> list[str]:
@@ -50,5 +47,5 @@ def crops_stage_report(plan: Plan, key: str) -> list[str]:
     if not n:
         return []
     lines = [f"      quarantined {n} of {summary.get('n_images', '?')} images, by reason "
-             f"(full list: {plan.crops_dir(key) / 'quarantine.parquet'}):"]  # fmt: skip
+             f"(full list: {plan.crops_dir(key) / CROP_QUARANTINE_FILE}):"]  # fmt: skip
     return lines + reason_table(summary.get("quarantined_by_reason") or {"(see the list)": n})

@@ -30,10 +30,11 @@ import polars as pl
 import torch
 
 from ens_assets.atomic import write_bytes, write_json, write_parquet
+from ens_assets.data.folds import selection_split
 from ens_assets.plan import SMOKE_FOLD, Budget, Member, Plan, SubsetEnsembleConfig, stable_hash
 from ens_assets.subsets.difficulty import difficulty_scores, score_distribution_png
 from ens_assets.subsets.standard_loop import standard_loop_train_fn
-from ens_assets.subsets.strategy import epoch_plan, selection_split, train_subset_ensemble
+from ens_assets.subsets.strategy import epoch_plan, train_subset_ensemble
 from ens_assets.training.device import select_device
 from ens_assets.training.loop import TrainOutcome
 from ens_assets.training.models import create_member_model

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ens_assets.data.folds import selection_split  # the one held-out split (soups here, early stopping in training)
 from ens_assets.plan import SubsetEnsembleConfig
 from ens_assets.subsets.difficulty import difficulty_scores
 from ens_assets.subsets.in_memory_training import (
@@ -35,30 +36,6 @@ from ens_assets.subsets.in_memory_training import (
 from ens_assets.subsets.soup import average_state_dicts, greedy_soup, recompute_batchnorm
 from ens_assets.subsets.standard_loop import default_train_fn
 from ens_assets.subsets.strata import random_subset, stratified_difficulty_subsets
-
-
-def selection_split(labels: np.ndarray, fraction: float, seed: int,
-                    groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(training indices, selection indices): a class-stratified slice of about `fraction` of the training
-    split, whole groups (images: several crops of one image stay together) on one side."""
-    import warnings
-
-    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
-
-    labels = np.asarray(labels)
-    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
-    if len(np.unique(groups)) < 2:
-        raise ValueError(f"{len(np.unique(groups))} training image(s) cannot give a selection slice; use more data")
-    n_splits = max(2, int(round(1.0 / fraction)))
-    try:
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed) % (2**32))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
-            train_idx, select_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    except ValueError:  # tiny data: too few images per class to stratify; keep the groups together anyway
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=int(seed) % (2**32))
-        train_idx, select_idx = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    return np.sort(train_idx), np.sort(select_idx)
 
 
 def epoch_plan(cfg: SubsetEnsembleConfig) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ from ens_assets.training.smoke_gate import SmokeVerdict
 
 CROP_SUMMARY_FILE = "summary.json"
 CROP_INDEX_FILE = "index.parquet"
+CROP_QUARANTINE_FILE = "quarantine.parquet"  # data.quarantine's QUARANTINE_SCHEMA: the images with no crop, and why
 CONFUSION_PNG_FILE = "confusion_matrix.png"  # beside each checkpoint, written by training.metrics
 
 
@@ -247,6 +248,13 @@ class CheckpointStore:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no crop cache index; materialize the crops partition first")
         return pl.read_parquet(path, columns=list(columns) if columns else None)
+
+    def crop_quarantine(self, threshold: float | str | None) -> pl.DataFrame:
+        """The images the crop cache quarantined, with the reason (one row per image)."""
+        path = self.crops_dir(threshold) / CROP_QUARANTINE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no crop quarantine table; materialize the crops partition first")
+        return pl.read_parquet(path)
 
     def cropped_image_ids(self, threshold: float | str | None) -> pl.DataFrame:
         """image_id of every image with at least one crop (quarantined images have none)."""

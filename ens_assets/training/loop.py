@@ -4,6 +4,10 @@ Reproducibility: every epoch reseeds its own RNGs from (seed, epoch) -- the shuf
 `torch.Generator`, torch's global RNG (dropout, drop-path) and numpy's global RNG (timm Mixup) -- and
 the recovery checkpoint holds model, optimizer, scheduler and EMA state. A run killed after epoch e and
 resumed therefore replays epochs e+1.. exactly as an uninterrupted run would (bit-for-bit on CPU).
+
+Honesty: the best epoch and early stopping are chosen on the *selection* crops a caller passes (a slice held
+out of the fold's training images, ens_assets.training.run), never on the OOF fold, which the caller predicts
+once with the chosen weights. Without selection crops every epoch is kept in turn: the last one is the result.
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ RECOVERY_FORMAT = 1
 
 @dataclass
 class TrainOutcome:
-    """What a finished training run produced; `best_state` holds the lowest-validation-loss weights."""
+    """What a finished training run produced; `best_state` holds the weights of the epoch with the lowest loss on
+    the selection crops (the last epoch when there were none)."""
 
     best_state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val_loss: float
+    best_val_loss: float  # loss on the selection crops at best_epoch (nan without selection crops)
     history: list[dict[str, float]]
     epochs_run: int
     stopped_reason: str  # "completed" | "early_stopping" | "time_budget"
@@ -59,6 +64,8 @@ class TrainOutcome:
     images_per_second: float  # training images (augmentation + forward + backward + step) per second
     peak_memory_mb: float
     resumed_from_epoch: int = 0  # 0 = started fresh
+    # Which rows chose best_epoch (set by the caller that carved them: size, fraction, or why there were none).
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,13 +93,18 @@ class FitState:
 
     def finish_epoch(self, record: dict[str, float], eval_model: nn.Module, *, train_seconds: float, images: int,
                      budget: Budget) -> None:  # fmt: skip
-        """Add a finished epoch: its history record, costs, the best weights so far, and whether to stop."""
+        """Add a finished epoch: its history record, costs, the best weights so far, and whether to stop.
+
+        Without a selection loss (no selection crops) every epoch becomes the best in turn: the last one is kept
+        and patience never stops the run."""
         self.train_seconds += train_seconds
         self.images_seen += images
         self.elapsed_s += record["epoch_seconds"]
         self.history.append(record)
-        if record["val_loss"] < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.bad_epochs = record["val_loss"], record["epoch"], 0
+        selection_loss = record.get("select_loss")
+        if selection_loss is None or selection_loss < self.best_val_loss:
+            self.best_epoch, self.bad_epochs = record["epoch"], 0
+            self.best_val_loss = float("nan") if selection_loss is None else selection_loss
             self.best_state = _cpu_copy(eval_model)
         else:
             self.bad_epochs += 1
@@ -114,8 +126,8 @@ def train_member_model(
     num_classes: int,
     train_images: np.ndarray,
     train_labels: np.ndarray,
-    val_images: np.ndarray,
-    val_labels: np.ndarray,
+    selection_images: np.ndarray | None,
+    selection_labels: np.ndarray | None,
     *,
     recipe: Recipe,
     config: TrainingConfig,
@@ -132,7 +144,7 @@ def train_member_model(
     torch.manual_seed(seed)
     model = create_member_model(backbone, num_classes, pretrained, base_dir, log=log)
     return fit(
-        model, train_images, train_labels, val_images, val_labels,
+        model, train_images, train_labels, selection_images, selection_labels,
         num_classes=num_classes, recipe=recipe, config=config, budget=budget, seed=seed,
         out_dir=out_dir, resume_token=resume_token, device=device, log=log,
     )  # fmt: skip
@@ -142,8 +154,8 @@ def fit(
     model: nn.Module,
     train_images: np.ndarray,
     train_labels: np.ndarray,
-    val_images: np.ndarray,
-    val_labels: np.ndarray,
+    selection_images: np.ndarray | None,
+    selection_labels: np.ndarray | None,
     *,
     num_classes: int,
     recipe: Recipe,
@@ -155,14 +167,15 @@ def fit(
     device: torch.device | None = None,
     log: Callable[[str], Any] = print,
 ) -> TrainOutcome:
-    """Train `model` on uint8 N x S x S x 3 crops with int labels; validate every epoch.
+    """Train `model` on uint8 N x S x S x 3 crops with int labels; score the selection crops every epoch.
 
-    Stops at budget.epochs, after budget.patience epochs without a lower validation loss, or once
-    budget.time_budget_s seconds of training have passed (checked between epochs). With `out_dir`, a
-    recovery checkpoint is written after every epoch and a re-run with the same `resume_token`
-    continues from it; a different token discards it.
+    Keeps the epoch with the lowest loss on `selection_images` (held-out *training* crops: never pass the OOF
+    fold) and stops at budget.epochs, after budget.patience epochs without a lower one, or once
+    budget.time_budget_s seconds of training have passed (checked between epochs). Selection None: no
+    early stopping, the last epoch is kept. With `out_dir`, a recovery checkpoint is written after every
+    epoch and a re-run with the same `resume_token` continues from it; a different token discards it.
     """
-    _check_inputs(train_images, train_labels, val_images, val_labels, num_classes)
+    _check_inputs(train_images, train_labels, selection_images, selection_labels, num_classes)
     wall_start = time.perf_counter()
     device = device or select_device()
     model = place_model(model, device)
@@ -172,7 +185,6 @@ def fit(
     if device.type == "cuda":
         train_u8 = train_u8.to(device, non_blocking=True)
     labels = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
-    val_labels_t = torch.as_tensor(np.asarray(val_labels), dtype=torch.long)
 
     state = _resume(out_dir, resume_token, model, parts, log)
     resumed_from = state.next_epoch
@@ -187,17 +199,15 @@ def fit(
                                                    device, frozen=frozen)  # fmt: skip
         train_seconds = time.perf_counter() - epoch_start
         eval_model = parts.ema.module if parts.ema is not None else model
-        logits = predict_logits(eval_model, val_images, config.batch_size, device)
-        val_loss = float(F.cross_entropy(logits, val_labels_t))
-        val_acc = float((logits.argmax(1) == val_labels_t).float().mean())
-
-        epoch_seconds = time.perf_counter() - epoch_start
-        record = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                      lr=lr, frozen_backbone=float(frozen), epoch_seconds=epoch_seconds, images_per_second=seen / train_seconds)
+        selected = _selection_scores(eval_model, selection_images, selection_labels, config.batch_size, device)
+        record = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, **selected, lr=lr,
+                      frozen_backbone=float(frozen), epoch_seconds=time.perf_counter() - epoch_start,
+                      images_per_second=seen / train_seconds)  # fmt: skip
         state.finish_epoch(record, eval_model, train_seconds=train_seconds, images=seen, budget=budget)  # fmt: skip
+        scored = f"select_loss {selected['select_loss']:.4f} acc {selected['select_acc']:.3f}" if selected else "no selection crops"
         log(
             f"epoch {epoch + 1}/{budget.epochs}: train_loss {train_loss:.4f} acc {train_acc:.3f} | "
-            f"val_loss {val_loss:.4f} acc {val_acc:.3f} | lr {lr:.2e} | {seen / train_seconds:.0f} img/s"
+            f"{scored} | lr {lr:.2e} | {seen / train_seconds:.0f} img/s"
         )
         if out_dir is not None:
             save_recovery(out_dir, parts.recovery_payload(state, resume_token, model))
@@ -319,6 +329,16 @@ def _train_epoch(
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
 
+def _selection_scores(model: nn.Module, images: np.ndarray | None, labels: np.ndarray | None, batch_size: int,
+                      device: torch.device) -> dict[str, float]:  # fmt: skip
+    """select_loss / select_acc of the model on the selection crops (crop level); empty without any."""
+    if images is None:
+        return {}
+    logits = predict_logits(model, images, batch_size, device)
+    target = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return {"select_loss": float(F.cross_entropy(logits, target)), "select_acc": float((logits.argmax(1) == target).float().mean())}
+
+
 def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     epoch_seed = (seed * 1_000_003 + epoch) % 2**31
     torch.manual_seed(epoch_seed)  # dropout / drop-path inside the model (also seeds CUDA)
@@ -350,15 +370,20 @@ def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(model.state_dict()).items()}
 
 
-def _check_inputs(train_images, train_labels, val_images, val_labels, num_classes: int) -> None:
-    for name, images, lab in (("train", train_images, train_labels), ("validation", val_images, val_labels)):
+def _check_inputs(train_images, train_labels, selection_images, selection_labels, num_classes: int) -> None:
+    if (selection_images is None) != (selection_labels is None):
+        raise ValueError("selection images and labels go together: pass both, or neither (keep the last epoch)")
+    sides = [("train", train_images, train_labels)]
+    if selection_images is not None:
+        sides.append(("selection", selection_images, selection_labels))
+    for name, images, lab in sides:
         shape = getattr(images, "shape", None)
         if shape is None or len(shape) != 4 or shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"{name} images must be a uint8 array N x S x S x 3, got {getattr(images, 'dtype', type(images))} {shape}")
         if len(images) != len(lab):
             raise ValueError(f"{name}: {len(images)} images but {len(lab)} labels")
-        if len(images) < 2:
-            raise ValueError(f"{name}: {len(images)} crops; a fold needs at least 2 (check the folds table and crop cache)")
+        if len(images) < (2 if name == "train" else 1):
+            raise ValueError(f"{name}: {len(images)} crops; too few to train on (check the folds table and crop cache)")
         lab = np.asarray(lab)
         if lab.min() < 0 or lab.max() >= num_classes:
             raise ValueError(f"{name} labels must be class indices in [0, {num_classes}), got range [{lab.min()}, {lab.max()}]")

@@ -1,7 +1,9 @@
 """The training stage's steps for one (member, fold) checkpoint, and the OOF and test predictions.
 
 A checkpoint is opened (inputs and fingerprint), trained (the standard loop here, or a strategy above this
-layer), evaluated and recorded; ens_assets.member_runs chains the steps and picks the trainer. Everything here reads the plan, the crop cache of the member's
+layer), evaluated and recorded. The standard loop chooses its best epoch on an early-stopping slice of the
+fold's training images (`early_stopping_split`); the held-out fold (the OOF rows) is predicted once, with the
+chosen weights, and only scored; ens_assets.member_runs chains the steps and picks the trainer. Everything here reads the plan, the crop cache of the member's
 threshold and the folds table, and writes only under plan.work (atomically).
 """
 
@@ -22,6 +24,7 @@ from torch import nn
 from ens_assets import mlflow_store
 from ens_assets.atomic import write_parquet
 from ens_assets.code_version import code_version
+from ens_assets.data.folds import HoldoutError, classes_short_in_slice, selection_split
 from ens_assets.plan import SMOKE_FOLD, Member, Plan, PlanError, stable_hash, threshold_key
 from ens_assets.training.checkpoint import discard_recovery
 from ens_assets.training.checkpoint_store import CheckpointStore, same_classes
@@ -34,6 +37,7 @@ from ens_assets.training.models import count_parameters, create_member_model, fl
 from ens_assets.training.predict import per_image_mean, predict_proba
 
 RECOVERY_SUBDIR = "recovery"
+EARLY_STOPPING_IMAGES_FILE = "early_stopping_images.parquet"  # the training images that chose the best epoch
 
 
 @dataclass
@@ -53,7 +57,7 @@ class _FoldInputs:
     """A member's crops joined to the folds table (train split) and its test crops."""
 
     images: np.ndarray  # the crop cache's uint8 memmap, N x S x S x 3
-    train_crops: pl.DataFrame  # row, image_id, label, fold (one row per crop of a training image)
+    train_crops: pl.DataFrame  # row, image_id, label, fold, group (one row per crop of a training image)
     test_crops: pl.DataFrame  # row, image_id
     classes: list[str]
     crops_hash: str
@@ -142,7 +146,8 @@ def _load_inputs(plan: Plan, member: Member) -> _FoldInputs:
         raise ValueError(f"{plan.folds_path}: missing columns {sorted(missing)}; rebuild the folds asset")
     index = cache.index
     train_index = index.filter(pl.col("split") == "train").select("row", "image_id")
-    train_crops = train_index.join(folds.select("image_id", "label", "fold"), on="image_id", how="inner").sort("row")
+    train_crops = train_index.join(folds.select("image_id", "label", "fold", _group_column(folds)), on="image_id",
+                                   how="inner").sort("row")  # fmt: skip
     unfolded = train_index.join(folds, on="image_id", how="anti")
     if unfolded.height:
         raise ValueError(
@@ -161,6 +166,16 @@ def _load_inputs(plan: Plan, member: Member) -> _FoldInputs:
         images_without_crops=without_crops,
         image_size=plan.image_size(member),
     )
+
+
+def _group_column(folds: pl.DataFrame) -> pl.Expr:
+    """The folds table's groups (site, sequence, burst or image: what folds.group_by chose); a table written
+    before the column existed is grouped by site."""
+    if "group" in folds.columns:
+        return pl.col("group").cast(pl.Utf8)
+    if "site" in folds.columns:
+        return pl.col("site").cast(pl.Utf8).fill_null("unknown").alias("group")
+    return pl.col("image_id").cast(pl.Utf8).alias("group")
 
 
 # --- training: open the fold, train, evaluate, record (ens_assets.member_runs picks the trainer) ---------
@@ -266,17 +281,77 @@ def fold_arrays(run: FoldRun, log: Callable[[str], Any] = print) -> FoldArrays:
     )  # fmt: skip
 
 
+@dataclass
+class EarlyStoppingSplit:
+    """Which of a fold's training crops train and which choose the best epoch (positions in run.train_crops)."""
+
+    train_rows: np.ndarray
+    select_rows: np.ndarray  # empty: no slice could be carved (record["reason"] says why); the last epoch is kept
+    record: dict[str, Any]  # what the sidecar and the MLflow params keep: the slice's size and fraction, or the reason
+
+
+def early_stopping_split(run: FoldRun, log: Callable[[str], Any] = print) -> EarlyStoppingSplit:
+    """A class-stratified slice of about training.early_stopping_fraction of the fold's training images, whole
+    folds-table groups (no site, sequence or burst on both sides), with at least early_stopping_min_per_class
+    images of every class it can hold (a class at a single site cannot be both held out and trained on: it is
+    named in the record). Never the held-out fold. When no slice leaves every class in training, every training
+    image trains, the last epoch is kept and the reason is logged and recorded."""
+    config = run.plan.training_config(run.member)
+    fraction, minimum = config.early_stopping_fraction, config.early_stopping_min_per_class
+    images = run.train_crops.unique("image_id", keep="first", maintain_order=True)
+    labels, groups = images["label"].cast(pl.Utf8).to_numpy(), images["group"].to_numpy()
+    record: dict[str, Any] = {"fraction": fraction, "min_per_class": minimum, "training_images": images.height}
+    try:
+        _, chosen = selection_split(labels, fraction, config.seed, groups, min_per_class=minimum)
+    except HoldoutError as err:
+        reason = (f"{err}; trained on all {images.height} training images for the whole budget and kept the last "
+                  "epoch (no early stopping; the held-out fold chooses nothing)")
+        log(f"{run.label}: no early-stopping slice: {reason}")
+        (run.out_dir / EARLY_STOPPING_IMAGES_FILE).unlink(missing_ok=True)  # an earlier run's slice chose nothing here
+        rows = np.arange(run.train_crops.height)
+        return EarlyStoppingSplit(rows, rows[:0], {**record, "rows": "none: last epoch kept", "images": 0, "crops": 0,
+                                                  "reason": reason})  # fmt: skip
+    chosen_images = images[chosen.tolist()]
+    selected = run.train_crops["image_id"].is_in(chosen_images["image_id"].implode()).to_numpy()
+    short = classes_short_in_slice(labels, chosen, minimum)
+    write_parquet(run.out_dir / EARLY_STOPPING_IMAGES_FILE, chosen_images.select("image_id", "label", "group"))
+    record.update(rows="early-stopping slice of the training images", images=chosen_images.height,
+                  images_file=EARLY_STOPPING_IMAGES_FILE,
+                  crops=int(selected.sum()), groups=chosen_images["group"].n_unique(),
+                  held_out_fraction=round(chosen_images.height / images.height, 4),
+                  reason=_short_classes_reason(short, labels, groups, minimum))  # fmt: skip
+    log(f"{run.label}: best epoch chosen on {record['images']} training images ({record['held_out_fraction']:.0%}, "
+        f"{record['groups']} group(s)) held out for early stopping; the held-out fold is only predicted"
+        + (f". {record['reason']}" if short else ""))
+    return EarlyStoppingSplit(np.flatnonzero(~selected), np.flatnonzero(selected), record)
+
+
+def _short_classes_reason(short: list, labels: np.ndarray, groups: np.ndarray, minimum: int) -> str | None:
+    if not short:
+        return None
+    counts = ", ".join(f"{c} ({(labels == c).sum()} images in {len(set(groups[labels == c]))} group(s))" for c in short)
+    return (f"classes with fewer than {minimum} image(s) in the early-stopping slice: {counts}; too few (or at too few "
+            "sites) to hold out and still train on, they stay in training and do not weigh in the epoch choice")
+
+
 def train_standard(run: FoldRun, arrays: FoldArrays, log: Callable[[str], Any] = print) -> TrainOutcome:
-    """The standard strategy: the member's backbone trained by the epoch loop, resumable per epoch."""
+    """The standard strategy: the member's backbone trained by the epoch loop, resumable per epoch, its best
+    epoch chosen on the early-stopping slice (`early_stopping_split`), never on `arrays.val_*` (the OOF fold)."""
     plan, member = run.plan, run.member
     config = plan.training_config(member)
-    return train_member_model(
+    split = early_stopping_split(run, log)
+    has_slice = len(split.select_rows) > 0
+    outcome = train_member_model(
         member.backbone, len(run.inputs.classes),
-        arrays.train_images, arrays.train_labels, arrays.val_images, arrays.val_labels,
+        arrays.train_images[split.train_rows], arrays.train_labels[split.train_rows],
+        arrays.train_images[split.select_rows] if has_slice else None,
+        arrays.train_labels[split.select_rows] if has_slice else None,
         recipe=plan.recipes[member.recipe], config=config, budget=plan.budget_for_fold(run.fold_key, member),
         seed=config.seed, out_dir=run.out_dir / RECOVERY_SUBDIR, pretrained=member.pretrained,
         base_dir=Path(plan.base_dir), resume_token=run.fingerprint, log=log,
     )  # fmt: skip
+    outcome.selection = split.record
+    return outcome
 
 
 def evaluate_trained(run: FoldRun, outcome: TrainOutcome) -> tuple[nn.Module, FoldEvaluation]:
@@ -293,12 +368,15 @@ def evaluate_trained(run: FoldRun, outcome: TrainOutcome) -> tuple[nn.Module, Fo
 
 
 def checkpoint_metrics(run: FoldRun, outcome: TrainOutcome, evaluation: FoldEvaluation, model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint records and logs: validation scores per image, the run's costs and the data's sizes."""
+    """What a checkpoint records and logs: validation (OOF fold) scores per image, the run's costs and the data's
+    sizes. best_epoch was chosen on the early-stopping slice (its crop loss: early_stopping_loss_crops)."""
+    held_out = outcome.selection.get("crops", 0)
+    selection_loss = {"early_stopping_loss_crops": outcome.best_val_loss} if held_out else {}
     return {
         "val_loss": evaluation.image_metrics["log_loss"],
         "val_acc": evaluation.image_metrics["accuracy"],
         "best_epoch": outcome.best_epoch,
-        "best_val_loss_crops": outcome.best_val_loss,
+        **selection_loss,
         "epochs_run": outcome.epochs_run,
         "stopped_reason": outcome.stopped_reason,
         "resumed_from_epoch": outcome.resumed_from_epoch,
@@ -309,7 +387,8 @@ def checkpoint_metrics(run: FoldRun, outcome: TrainOutcome, evaluation: FoldEval
         "flops_per_image": flops_per_image(model, run.inputs.image_size),
         "image_size": run.inputs.image_size,
         "param_count": count_parameters(model),
-        "n_train_crops": run.train_crops.height,
+        "n_train_crops": run.train_crops.height - held_out,  # crops the weights trained on
+        "n_early_stopping_crops": held_out,
         "n_val_crops": run.val_crops.height,
         "n_val_images": len(evaluation.image_ids),
         "images_without_crops": run.inputs.images_without_crops,
@@ -339,8 +418,10 @@ def record_checkpoint(
         tags={"member": member.key, "backbone": member.backbone, "threshold": threshold_key(member.threshold),
               "recipe": member.recipe, "fold": fold_key, "stage": member.stage, "strategy": member.strategy,
               "fingerprint": run.fingerprint},
-        params=spec, history=outcome.history, metrics=metrics,
-        artifacts=[confusion_json, confusion_png, *strategy.artifacts],
+        params={**spec, **({"early_stopping": outcome.selection} if outcome.selection else {})},
+        history=outcome.history, metrics=metrics,
+        artifacts=[confusion_json, confusion_png, *strategy.artifacts,
+                   *([run.out_dir / outcome.selection["images_file"]] if outcome.selection.get("images_file") else [])],
         run_name=f"{member.key}|{fold_key}", started_unix=started_unix,
     )  # fmt: skip
     sidecar = {
@@ -354,6 +435,7 @@ def record_checkpoint(
         "backbone": member.backbone,
         "classes": run.inputs.classes,
         "epoch": outcome.best_epoch,
+        **({"early_stopping": outcome.selection} if outcome.selection else {}),
         "metrics": metrics,
         "history": outcome.history,
         "smoke_verdict": evaluation.verdict.to_dict(),

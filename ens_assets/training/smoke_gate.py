@@ -38,7 +38,7 @@ def evaluate_smoke(
     """Judge a smoke checkpoint from its per-epoch history and its validation predictions (class indices)."""
     reasons: list[str] = []
     checks: dict[str, bool] = {}
-    losses = [float(e[k]) for e in history for k in ("train_loss", "val_loss") if k in e]
+    losses = [float(e[k]) for e in history for k in ("train_loss", "select_loss", "val_loss") if k in e]
     checks["no_nan"] = bool(losses) and all(math.isfinite(v) for v in losses)
     if not checks["no_nan"]:
         reasons.append("a loss was NaN/inf (or no epoch finished): lower the learning rate or check the crops")

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
-from ens_assets.data.folds import FoldError, assign_folds, check_folds, make_folds
+from ens_assets.data.folds import FoldError, assign_folds, check_folds, make_folds, read_folds, read_grouping, write_folds
 from ens_assets.data.ingest import ingest_coco, ingest_zamba
 from ens_assets.plan import FoldConfig
 
@@ -20,7 +20,18 @@ def test_folds_split_by_site(tiny_data):
     assert folds.group_by("site").agg(pl.col("fold").n_unique())["fold"].max() == 1
     report = check_folds(folds)
     assert report.ok and report.groups_in_several_folds == []
-    assert pl.read_parquet(plan.folds_path).equals(folds)
+    assert pl.read_parquet(plan.folds_path).equals(read_folds(plan)) and read_folds(plan).equals(folds)
+
+
+def test_folds_files_are_read_back_through_the_folds_module(tiny_data, tmp_path):
+    plan = tiny_data["plan"].model_copy(update={"workdir": str(tmp_path / "work")})
+    with pytest.raises(FileNotFoundError, match=r"folds.parquet: no folds table; materialize the folds asset first"):
+        read_folds(plan)
+    assert read_grouping(plan) == {}
+    frame, grouping = make_folds(tiny_data["manifest"], plan.folds)
+    write_folds(plan, frame, grouping)
+    assert read_folds(plan).equals(frame)
+    assert read_grouping(plan) == json.loads(json.dumps(grouping.as_dict())) and read_grouping(plan)["group_by"] == "site"
 
 
 def test_folds_are_deterministic(tiny_data):

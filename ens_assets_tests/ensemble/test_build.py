@@ -4,11 +4,21 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ens_assets.ensemble.build import build_diagnostics, build_ensemble
+from ens_assets.ensemble.build import (
+    build_diagnostics,
+    build_ensemble,
+    read_metrics,
+    read_nested_oof,
+    read_per_class_recall,
+    read_roadmap,
+    read_scores,
+    read_spec,
+)
 from ens_assets.mlflow_store import Tracking, log_ensemble_run
 from ens_assets.ensemble.tables import PredictionTableError
 from ens_assets.plan import EnsembleConfig
 from ens_assets_tests.ensemble.synthetic import CLASSES, planted_members
+from ens_assets_tests.tracking_store import new_tracking_store
 
 INFO = {"a": {"flops_per_image": 300, "param_count": 3000, "mlflow_run_id": "run-a"},
         "b": {"flops_per_image": 20, "param_count": 200, "mlflow_run_id": "run-b"},
@@ -44,6 +54,9 @@ def test_build_ensemble_writes_spec_scores_metrics_compute_and_submission(built)
     assert metrics["ensemble"]["log_loss"] == result.scores.filter(pl.col("name") == "greedy")["log_loss"][0]
     assert pl.read_parquet(out / "compute.parquet")["pareto"].any()
     assert result.scores.equals(pl.read_parquet(out / "scores.parquet"))
+    assert read_spec(out) == spec and read_scores(out).equals(result.scores)  # the CLI's readers
+    assert read_spec(out / "nothing") is None and read_scores(out / "nothing") is None
+    assert read_metrics(out) == metrics and read_nested_oof(out).height == spec["oof_images"]
 
 
 def test_build_diagnostics_writes_roadmap_recall_confusions_and_pngs(built):
@@ -56,6 +69,8 @@ def test_build_diagnostics_writes_roadmap_recall_confusions_and_pngs(built):
     assert recall["member"].to_list() == ["a", "b", "c", "ensemble"]
     assert diagnostics.all_fail == ["rodent"] and diagnostics.single_win[0][:2] == ("bird", "a")
     assert "rodent" in (d / "roadmap.md").read_text()
+    assert read_roadmap(d) == diagnostics.roadmap and read_roadmap(out) is None
+    assert read_per_class_recall(d).equals(recall) and read_per_class_recall(out) is None
 
 
 def test_test_images_missing_for_one_member_are_an_error_not_a_silent_drop(tmp_path):
@@ -73,7 +88,7 @@ def test_log_ensemble_run_records_a_linked_run(built, tmp_path, monkeypatch):
     # An environment pointing elsewhere is ignored: the store is the one passed.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
     _, _, _, result, diagnostics = built
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = new_tracking_store(tmp_path / "mlruns.db")
     run_ids = {m: info["mlflow_run_id"] for m, info in INFO.items()}
     run_id = log_ensemble_run(Tracking(uri, "ens-test"), result, diagnostics, run_ids)
     assert not (tmp_path / "elsewhere.db").exists()

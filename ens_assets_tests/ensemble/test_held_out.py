@@ -43,6 +43,7 @@ def test_every_member_and_combiner_has_test_scores_in_the_table_and_metrics(buil
         assert set(scores["recall"]) == set(CLASSES), name
     recall = pl.read_csv(out / "test_recall.csv")
     assert recall["name"].to_list() == table["name"].to_list()
+    assert result.test_recall.equals(recall)  # what the ensemble asset shows, without reading the file back
     # Nested OOF and test scores are different numbers, side by side.
     greedy = table.filter(pl.col("name") == "greedy").row(0, named=True)
     assert greedy["log_loss"] != greedy["test_log_loss"]
@@ -88,5 +89,6 @@ def test_unlabelled_test_split_gets_null_test_columns(tmp_path):
     result = build_ensemble(oof, test, CLASSES, INFO, CFG, tmp_path, compare_methods=METHODS)
     assert result.scores["test_log_loss"].null_count() == result.scores.height
     assert "test" not in result.metrics and not (tmp_path / "test_recall.csv").exists()
+    assert result.test_recall is None
     diagnostics = build_diagnostics(oof, CLASSES, result.spec, CFG, tmp_path / "d", scores=result.scores)
     assert "no labelled test split" in diagnostics.roadmap

@@ -13,28 +13,23 @@ from pathlib import Path
 
 import yaml
 
-PREDICT_PARAMS = {
-    "data": {
-        "layout": "demo",
-        "root": "data/demo",
-        "detections": "data/demo/megadetector.json",
-        "demo": {"seed": 1, "train_images_per_class": 6, "test_images_per_class": 3, "train_sites": 4,
-                 "test_sites": 2, "frame_width": 96, "frame_height": 72},
-    },
-    "crops": {"thresholds": [0.05, 0.2], "mode": "top", "min_size_px": 4, "image_size": 24},
-    "folds": {"k": 2, "seed": 0},
-    "recipes": {"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}},
-    "training": {"batch_size": 16, "warmup_epochs": 0, "smoke": {"epochs": 1, "time_budget_s": 60, "patience": 2},
-                 "cv": {"epochs": 1, "time_budget_s": 60, "patience": 2}},
-    "members": [
-        {"backbone": "test_resnet", "threshold": 0.05, "recipe": "geo", "stage": "cv"},
+from ens_assets_tests.tiny_plan import budget, member, prepare_demo_data, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
+
+PREDICT_PARAMS = tiny_plan(
+    data={"root": "data/demo", "detections": "data/demo/megadetector.json",
+          "demo": {"seed": 1, "train_images_per_class": 6, "test_images_per_class": 3, "train_sites": 4}},
+    crops={"mode": "top", "min_size_px": 4, "image_size": 24},
+    recipes={"geo": {"hflip": 0.5, "scale": [0.6, 1.0]}, "mixup": None},
+    training={"smoke": budget(1, 60, 2), "cv": budget(1, 60, 2)},
+    members=[
+        member(0.05),
         # A smaller input than the crop cache's: its crops are resized down, as in training.
-        {"backbone": "test_resnet", "threshold": 0.2, "recipe": "geo", "stage": "cv", "image_size": 16},
+        member(0.2, image_size=16),
     ],
-    "ensemble": {"bootstrap_replicates": 20},
-    "tracking": {"experiment": "ens-assets-predict-tests", "default_store": "mlruns.db"},
-    "workdir": "work",
-}
+    ensemble={"bootstrap_replicates": 20},
+    tracking={"experiment": "ens-assets-predict-tests", "default_store": "mlruns.db"},
+)  # fmt: skip
 
 
 @dataclass
@@ -48,7 +43,7 @@ def build_trained_project(base: Path) -> TrainedProject:
     """Data stage, every checkpoint, OOF and test predictions of PREDICT_PARAMS under base (no ensemble yet)."""
     params = base / "params.yaml"
     params.write_text(yaml.safe_dump(PREDICT_PARAMS, sort_keys=False))
-    uri = f"sqlite:///{base / 'mlruns.db'}"  # the plan's own default store (tracking.default_store)
+    uri = new_tracking_store(base / "mlruns.db")  # the plan's own default store (tracking.default_store)
     with _environ("MLFLOW_TRACKING_URI", uri):
         plan = _train_everything(params)
     return TrainedProject(params, plan, uri)
@@ -68,30 +63,17 @@ def _environ(name: str, value: str):
 
 
 def _train_everything(params: Path):
-    from ens_assets.atomic import write_parquet
-    from ens_assets.data.crops import build_crop_cache
-    from ens_assets.data.demo import generate_demo
-    from ens_assets.data.detections import load_detections
-    from ens_assets.data.folds import assign_folds
-    from ens_assets.data.ingest import load_manifest
     from ens_assets.member_runs import train_member_fold
     from ens_assets.plan import load_plan
     from ens_assets.training.run import predict_member_oof, predict_member_test
 
     plan = load_plan(params)
-    generate_demo(plan.data_root, plan.data.demo)
-    manifest = load_manifest(plan)
-    write_parquet(plan.manifest_path, manifest)
-    detections = load_detections(plan.path(plan.data.detections), manifest)
-    write_parquet(plan.detections_path, detections)
-    for key in plan.threshold_keys:
-        build_crop_cache(manifest, detections, float(key), plan.crop_settings, plan.crops_dir(key), workers=1)
-    write_parquet(plan.folds_path, assign_folds(manifest, plan.folds.k, plan.folds.seed))
-    for member in plan.member_keys:
-        for fold in plan.prediction_folds(member):  # the k folds (the smoke run predicts nothing)
-            train_member_fold(plan, member, fold, log=lambda _: None)
-        predict_member_oof(plan, member)
-        predict_member_test(plan, member)
+    prepare_demo_data(plan, workers=1)
+    for member_key in plan.member_keys:
+        for fold in plan.prediction_folds(member_key):  # the k folds (the smoke run predicts nothing)
+            train_member_fold(plan, member_key, fold, log=lambda _: None)
+        predict_member_oof(plan, member_key)
+        predict_member_test(plan, member_key)
     return plan
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_ENV = "ENS_ASSETS_DVC"
@@ -100,6 +101,7 @@ class DvcSandbox:
         self.run_dvc("config", "--local", "core.site_cache_dir", str(self.root / ".dvc-site-cache"))
         self.git("add", "-A")
         self.git("commit", "-q", "-m", "sandbox")
+        new_tracking_store(self.root / "mlruns.db")  # the store MLFLOW_TRACKING_URI names, already migrated
 
     def write_params(self, params: dict[str, Any]) -> None:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -12,6 +12,7 @@ import yaml
 from ens_assets.cli import StageRunner
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def _small_params(**changes) -> dict:
 def project(tmp_path, monkeypatch):
     home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_tracking_store(tmp_path / "mlflow.db"))
     return tmp_path
 
 

@@ -14,6 +14,7 @@ from ens_assets.cli import StageRunner, _instance
 from ens_assets.defs.partitions import checkpoint_key
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
+from ens_assets_tests.tracking_store import new_tracking_store
 
 # Each training step trains this long (its time budget; the epochs never run out first); with loading, validation
 # and logging a step holds the gpu for ~25-30 s on 2 cores, the crops run starts its step ~16 s after the first.
@@ -56,7 +57,7 @@ def test_training_partitions_launched_together_take_turns_on_the_gpu(tmp_path, m
     params_path = write_params(tmp_path, params)
     monkeypatch.setenv("DAGSTER_HOME", str(make_dagster_home(tmp_path)))
     monkeypatch.setenv("ENS_ASSETS_PARAMS", str(params_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_tracking_store(tmp_path / "mlflow.db"))
 
     runner = StageRunner(params_path, out=lambda *_: None)  # also sets the gpu pool's limit on the instance
     runner.data()

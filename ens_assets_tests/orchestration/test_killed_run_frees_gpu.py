@@ -16,6 +16,7 @@ from ens_assets.cli import StageRunner
 from ens_assets.runs.in_flight import IN_FLIGHT
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import FINITE_LOSS_GATE, budget, member, merged, tiny_plan, write_params
+from ens_assets_tests.tracking_store import new_tracking_store
 
 
 def _cli(params: Path, *args: str, env: dict) -> subprocess.Popen:
@@ -42,7 +43,7 @@ def test_a_waiting_run_frees_the_slot_of_a_killed_holder_and_finishes(tmp_path, 
                                  "holder_params.yaml")
     home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_tracking_store(tmp_path / "mlflow.db"))
     env = os.environ.copy()
 
     # Data and crops in this process (not under test here); the two training runs are CLI processes.

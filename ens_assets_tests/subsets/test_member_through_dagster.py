@@ -17,6 +17,7 @@ from ens_assets.member_runs import train_member_fold
 from ens_assets.training.run import checkpoint_is_fresh, checkpoint_spec
 from ens_assets_tests.instance_home import make_dagster_home
 from ens_assets_tests.tiny_plan import budget, member, tiny_plan
+from ens_assets_tests.tracking_store import new_tracking_store
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def materialized(tmp_path_factory):
     params.write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_tracking_store(root / "mlflow.db"))
         lines: list[str] = []
         runner = StageRunner(params, out=lines.append)
         runner.data()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from ens_assets_tests.tracking_store import new_tracking_store
 from ens_assets_tests.training.tiny_project import copy_tiny_project
 
 
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_tracking_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
@@ -20,7 +21,7 @@ def trained_project(tiny_data, tmp_path_factory):
     from ens_assets.member_runs import train_member_fold
 
     base = tmp_path_factory.mktemp("trained")
-    uri = f"sqlite:///{base / 'mlflow.db'}"
+    uri = new_tracking_store(base / "mlflow.db")
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     plan = copy_tiny_project(tiny_data, base)

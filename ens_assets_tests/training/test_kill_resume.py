@@ -66,5 +66,5 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path, mlflow_store)
     weights_straight, sidecar_straight = load_checkpoint(straight.checkpoint_dir)
     assert weights_resumed.keys() == weights_straight.keys()
     assert all(torch.equal(weights_resumed[k], weights_straight[k]) for k in weights_straight)
-    assert [h["val_loss"] for h in sidecar_resumed["history"]] == [h["val_loss"] for h in sidecar_straight["history"]]
+    assert [h["select_loss"] for h in sidecar_resumed["history"]] == [h["select_loss"] for h in sidecar_straight["history"]]
     assert sidecar_resumed["weights_sha256"] == sidecar_straight["weights_sha256"]

@@ -43,7 +43,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     resumed = train_member_model("test_resnet", 4, x[:60], y[:60], x[60:], y[60:], out_dir=tmp_path / "b", log=lambda _: None, **kwargs)
 
     assert resumed.resumed_from_epoch == 1 and straight.resumed_from_epoch == 0
-    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+    assert [h["select_loss"] for h in resumed.history] == [h["select_loss"] for h in straight.history]
     assert resumed.best_epoch == straight.best_epoch
     assert all(torch.equal(straight.best_state[k], resumed.best_state[k]) for k in straight.best_state)
     final_a, final_b = load_recovery(tmp_path / "a")["model"], load_recovery(tmp_path / "b")["model"]
@@ -63,7 +63,7 @@ def _linear_model():
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
 
 
-def test_early_stopping_when_validation_loss_stops_improving():
+def test_early_stopping_when_the_selection_loss_stops_improving():
     x, y = _data(40, size=16)
     # lr far below float32 resolution of the weights: nothing moves, so the loss never improves again.
     outcome = fit(_linear_model(), x[:30], y[:30], x[30:], y[30:], num_classes=4, recipe=Recipe(),
@@ -80,7 +80,7 @@ def test_time_budget_stops_between_epochs():
                   seed=0, out_dir=None, log=lambda _: None)  # fmt: skip
     assert outcome.stopped_reason == "time_budget" and outcome.epochs_run == 1
     assert outcome.images_per_second > 0 and outcome.peak_memory_mb > 0
-    assert set(outcome.history[0]) >= {"train_loss", "val_loss", "train_acc", "val_acc", "lr"}
+    assert set(outcome.history[0]) >= {"train_loss", "select_loss", "train_acc", "select_acc", "lr"}
 
 
 def test_bad_inputs_are_named():

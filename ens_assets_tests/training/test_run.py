@@ -86,7 +86,8 @@ def test_mlflow_run_per_checkpoint_with_tags_metrics_and_confusion_matrix(traine
             assert key in run.data.metrics, key
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [m.step for m in history] == list(range(result.metrics["epochs_run"]))
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"confusion_matrix.json", "confusion_matrix.png"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"confusion_matrix.json", "confusion_matrix.png",
+                                                                            "early_stopping_images.parquet"}
         stored = json.loads((result.checkpoint_dir / "confusion_matrix.json").read_text())
         assert np.array(stored["matrix"]).sum() == result.metrics["n_val_images"]
 

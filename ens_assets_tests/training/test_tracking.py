@@ -48,11 +48,13 @@ def test_run_spans_the_training_and_metrics_sit_at_real_epochs(trained_project):
         assert (info.end_time - info.start_time) / 1000 >= result.metrics["train_seconds"]
         epochs = result.metrics["epochs_run"]
         last = epochs - 1
-        val_loss = client.get_metric_history(result.mlflow_run_id, "val_loss")
-        # One point per epoch that ran, then the final (best-weights, per-image) value at the last epoch.
-        assert sorted(m.step for m in val_loss) == [*range(epochs), last]
+        select_loss = client.get_metric_history(result.mlflow_run_id, "select_loss")
+        # One point per epoch that ran on the early-stopping slice; the held-out fold is scored once, with the
+        # chosen weights: its per-image val_loss is one point at the last epoch.
+        assert sorted(m.step for m in select_loss) == list(range(epochs))
+        assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "val_loss")] == [last]
         assert client.get_run(result.mlflow_run_id).data.metrics["val_loss"] == result.metrics["val_loss"]
-        stamps = [m.timestamp for m in sorted(val_loss, key=lambda m: (m.step, m.timestamp))]
+        stamps = [m.timestamp for m in sorted(select_loss, key=lambda m: (m.step, m.timestamp))]
         assert stamps == sorted(stamps) and info.start_time <= stamps[0] and stamps[-1] <= info.end_time
         for key in ("wall_seconds", "peak_memory_mb", "recall_bird"):
             assert [m.step for m in client.get_metric_history(result.mlflow_run_id, key)] == [last], key
