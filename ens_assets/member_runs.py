@@ -28,9 +28,9 @@ from ens_assets.training.run import (
 def train_member_fold(
     plan: Plan, member_key: str, fold: int | str, *, log: Callable[[str], Any] = print, tracking: Tracking | None = None
 ) -> CheckpointResult:
-    """Train (or skip when fresh) one checkpoint partition: train on the other folds' crops, validate
-    on the held-out fold's, save the lowest-validation-loss weights and log an MLflow run to `tracking`
-    (default: mlflow_store.resolve_tracking(plan))."""
+    """Train (or skip when fresh) one checkpoint partition: train on the other folds' crops (the best epoch chosen
+    on a slice held out of them), predict and score the held-out fold once with those weights, save them and log
+    an MLflow run to `tracking` (default: mlflow_store.resolve_tracking(plan))."""
     run = open_fold(plan, member_key, fold)
     skipped = fresh_result(run, log)
     if skipped is not None:

@@ -18,7 +18,8 @@ from ens_assets.training.smoke_gate import SmokeVerdict, evaluate_smoke
 
 @dataclass
 class FoldEvaluation:
-    """A checkpoint's best weights on its validation fold, per image (crop probabilities averaged)."""
+    """A checkpoint's best weights on its validation fold, per image (crop probabilities averaged). The fold chose
+    nothing: the weights' epoch was picked on the early-stopping slice of the training images."""
 
     image_ids: np.ndarray
     y_true: np.ndarray  # class indices

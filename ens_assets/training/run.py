@@ -330,8 +330,9 @@ def _short_classes_reason(short: list, labels: np.ndarray, groups: np.ndarray, m
     if not short:
         return None
     counts = ", ".join(f"{c} ({(labels == c).sum()} images in {len(set(groups[labels == c]))} group(s))" for c in short)
-    return (f"classes with fewer than {minimum} image(s) in the early-stopping slice: {counts}; too few (or at too few "
-            "sites) to hold out and still train on, they stay in training and do not weigh in the epoch choice")
+    return (f"classes with fewer than {minimum} image(s) in the early-stopping slice: {counts}; the slice holding the "
+            "most classes lacks them (too few images or groups to hold some out and still train on them): they train "
+            "but do not weigh in the epoch choice")
 
 
 def train_standard(run: FoldRun, arrays: FoldArrays, log: Callable[[str], Any] = print) -> TrainOutcome:
