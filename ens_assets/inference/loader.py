@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -101,6 +104,85 @@ def _worker_init(_: int) -> None:
 
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
+
+
+# Up to this many photos one background thread of the predicting process decodes and crops them: starting
+# decoding worker processes (each forks, then decodes a whole batch before it hands anything over) costs more
+# than their parallelism saves on a batch this small. Measured with bench_predict: see the README's bench table.
+IN_PROCESS_MAX_PHOTOS = 256
+PREFETCH_BATCHES = 2  # decoded batches a background thread keeps ready ahead of the models
+
+
+def decode_workers(n_photos: int, requested: int | None = None) -> int:
+    """Decoding worker processes for `n_photos`: `requested` when given, none (a background thread) for a
+    small input, else default_workers()."""
+    if requested is not None:
+        return requested
+    return 0 if n_photos <= IN_PROCESS_MAX_PHOTOS else default_workers()
+
+
+class DecodedBatches:
+    """The loader's batches, decoding from the moment this is made: in its worker processes, or with none in
+    one background thread, so the photos decode while the caller loads the fold models and runs them.
+
+    Iterate once; close() (or leaving the `with` block) stops the thread or the workers early."""
+
+    def __init__(self, loader: DataLoader):
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if loader.num_workers > 0:
+            self._batches: Iterator = iter(loader)  # the workers start now and prefetch
+            return
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        self._thread = threading.Thread(target=self._decode, args=(loader,), name="decode-photos", daemon=True)
+        self._thread.start()
+        self._batches = self._from_thread()
+
+    def _decode(self, loader: DataLoader) -> None:
+        try:
+            for batch in loader:
+                if not self._put(("batch", batch)):
+                    return
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            self._put(("error", exc))
+            return
+        self._put(("end", None))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _from_thread(self) -> Iterator[CropBatch]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def __iter__(self) -> Iterator[CropBatch]:
+        return self._batches
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            shutdown = getattr(self._batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def __enter__(self) -> "DecodedBatches":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
 
 def photo_loader(images: list[ImageInput], rules: list[CropRule], detections: Detections, batch_size: int,

@@ -20,7 +20,7 @@ from torch import nn
 from ens_assets.ensemble.calibration import apply_temperature
 from ens_assets.inference.artefact import EnsembleArtefact, MemberModel
 from ens_assets.inference.inputs import Detections, ImageInput, read_image_detections
-from ens_assets.inference.loader import CropBatch, default_workers, photo_loader
+from ens_assets.inference.loader import CropBatch, DecodedBatches, decode_workers, photo_loader
 from ens_assets.training.augment import model_mean_std, normalize, to_unit_float
 from ens_assets.training.device import autocast_context, memory_format, place_batch, select_device
 from ens_assets.training.models import create_member_model
@@ -124,19 +124,20 @@ def predict_photos(
     device = device or select_device()
     rules = artefact.crop_rules()
     detections = read_image_detections(detections_json, images, rules)
-    members = load_members(artefact, device)
     n, n_classes = len(images), len(artefact.classes)
-    member_probs = {m.spec.key: np.full((n, n_classes), np.nan, dtype=np.float32) for m in members}
     problem: list[str | None] = [None] * n
     fallback: list[list[str]] = [[] for _ in range(n)]
     boxes_used: list[set[tuple]] = [set() for _ in range(n)]
-    loader = photo_loader(images, rules, detections, batch_images, default_workers() if workers is None else workers,
+    loader = photo_loader(images, rules, detections, batch_images, decode_workers(n, workers),
                           pin_memory=device.type == "cuda")
-    with torch.inference_mode():
-        for batch in loader:
-            _record_batch(batch, members, rules, device, member_probs, problem, fallback, boxes_used)
-            if progress:
-                progress(len(batch.index))
+    with DecodedBatches(loader) as batches:  # the first photos decode while the fold models load
+        members = load_members(artefact, device)
+        member_probs = {m.spec.key: np.full((n, n_classes), np.nan, dtype=np.float32) for m in members}
+        with torch.inference_mode():
+            for batch in batches:
+                _record_batch(batch, members, rules, device, member_probs, problem, fallback, boxes_used)
+                if progress:
+                    progress(len(batch.index))
     readable = np.array([p is None for p in problem], dtype=bool)
     probs = np.full((n, n_classes), np.nan)
     if readable.any():

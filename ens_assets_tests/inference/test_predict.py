@@ -32,6 +32,14 @@ def _assert_matches(predictions: pl.DataFrame, ensemble_dir, quarantined_ids=())
     assert worst < TOLERANCE, f"largest difference from the ensemble's test predictions: {worst:.2e}"
 
 
+def test_small_inputs_are_decoded_in_process_larger_ones_by_workers():
+    from ens_assets.inference.loader import IN_PROCESS_MAX_PHOTOS, decode_workers, default_workers
+
+    assert decode_workers(IN_PROCESS_MAX_PHOTOS) == 0  # no worker start-up for a small batch of photos
+    assert decode_workers(IN_PROCESS_MAX_PHOTOS + 1) == default_workers()
+    assert decode_workers(10, requested=2) == 2 and decode_workers(10_000, requested=0) == 0  # --workers wins
+
+
 def _test_csv(plan):
     return plan.data_root / "test_features.csv"
 
