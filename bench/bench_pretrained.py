@@ -82,7 +82,8 @@ def oof_run(images, labels, folds, n_classes, size, variant, epochs, backbone: s
         train, held = folds != fold, folds == fold
         torch.manual_seed(0)
         outcome = train_member_model(
-            backbone, n_classes, x[train], labels[train], x[held], labels[held], recipe=RECIPE, config=config,
+            # No selection rows: the last epoch is kept, so the held-out fold it is scored on chooses nothing.
+            backbone, n_classes, x[train], labels[train], None, None, recipe=RECIPE, config=config,
             budget=Budget(epochs=epochs, patience=epochs, time_budget_s=3600), seed=0, out_dir=None,
             pretrained=pretrained, device=torch.device("cpu"), log=lambda _: None,
         )  # fmt: skip

@@ -257,7 +257,7 @@ def build_crop_cache(
         quarantine = pl.concat([label_rows, quarantine_frame(quarantine_rows)])
         summary = _summary(manifest, detections, index, quarantine, threshold, cfg, n_label_rows=label_rows.height)
         index.write_parquet(building / "index.parquet")
-        quarantine.write_parquet(building / "quarantine.parquet")
+        quarantine.write_parquet(building / QUARANTINE_FILE)
         (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
     return summary
@@ -352,9 +352,20 @@ class CropCache:
         return digest.hexdigest()[:16]
 
 
+QUARANTINE_FILE = "quarantine.parquet"  # QUARANTINE_SCHEMA: the images with no crop, and why
+
+
+def read_crop_quarantine(out_dir: Path) -> pl.DataFrame:
+    """The images a crop cache quarantined, with the reason (one row per image)."""
+    path = Path(out_dir) / QUARANTINE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no crop quarantine table; materialize the crops partition first")
+    return pl.read_parquet(path)
+
+
 def open_crop_cache(out_dir: Path) -> CropCache:
     out_dir = Path(out_dir)
-    needed = ["images.npy", "index.parquet", "quarantine.parquet", "summary.json"]
+    needed = ["images.npy", "index.parquet", QUARANTINE_FILE, "summary.json"]
     missing = [name for name in needed if not (out_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{out_dir}: no complete crop cache (missing {missing}); build it with build_crop_cache")
@@ -369,6 +380,6 @@ def open_crop_cache(out_dir: Path) -> CropCache:
         out_dir=out_dir,
         images=images,
         index=index,
-        quarantine=pl.read_parquet(out_dir / "quarantine.parquet"),
+        quarantine=read_crop_quarantine(out_dir),
         summary=json.loads((out_dir / "summary.json").read_text()),
     )

@@ -151,10 +151,9 @@ def _crops_asset(plan: Plan, detections: dg.AssetsDefinition) -> dg.AssetsDefini
         """Square crops of animals at one detector-confidence threshold (or whole frames, partition 'full'),
         cached as a uint8 memmap."""
         refuse_failed_inputs(context)
-        from ens_assets.data.crops import build_crop_cache
+        from ens_assets.data.crops import build_crop_cache, read_crop_quarantine
         from ens_assets.data.detections import read_detection_table
         from ens_assets.data.ingest import read_label_quarantine, read_manifest
-        from ens_assets.training.checkpoint_store import CheckpointStore
 
         plan = plan_resource.load()
         summary = build_crop_cache(
@@ -167,7 +166,8 @@ def _crops_asset(plan: Plan, detections: dg.AssetsDefinition) -> dg.AssetsDefini
             max_pixels=plan.data.max_image_pixels,
             label_rows=read_label_quarantine(plan),
         )
-        quarantine = CheckpointStore(plan).crop_quarantine(context.partition_key)
+        # The crop cache's own reader: the crops stage runs no training code (dvc.yaml lists only data/ as its deps).
+        quarantine = read_crop_quarantine(plan.crops_dir(context.partition_key))
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(plan.crops_dir(context.partition_key))),

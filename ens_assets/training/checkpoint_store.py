@@ -15,13 +15,14 @@ from typing import Any, Mapping, Sequence
 
 import polars as pl
 
+from ens_assets.data.crops import QUARANTINE_FILE, read_crop_quarantine
 from ens_assets.plan import SMOKE_FOLD, Plan, threshold_key
 from ens_assets.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar, save_checkpoint
 from ens_assets.training.smoke_gate import SmokeVerdict
 
 CROP_SUMMARY_FILE = "summary.json"
 CROP_INDEX_FILE = "index.parquet"
-CROP_QUARANTINE_FILE = "quarantine.parquet"  # data.quarantine's QUARANTINE_SCHEMA: the images with no crop, and why
+CROP_QUARANTINE_FILE = QUARANTINE_FILE  # owned by data.crops, which writes it
 CONFUSION_PNG_FILE = "confusion_matrix.png"  # beside each checkpoint, written by training.metrics
 
 
@@ -251,10 +252,7 @@ class CheckpointStore:
 
     def crop_quarantine(self, threshold: float | str | None) -> pl.DataFrame:
         """The images the crop cache quarantined, with the reason (one row per image)."""
-        path = self.crops_dir(threshold) / CROP_QUARANTINE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no crop quarantine table; materialize the crops partition first")
-        return pl.read_parquet(path)
+        return read_crop_quarantine(self.crops_dir(threshold))
 
     def cropped_image_ids(self, threshold: float | str | None) -> pl.DataFrame:
         """image_id of every image with at least one crop (quarantined images have none)."""
