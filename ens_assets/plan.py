@@ -670,7 +670,8 @@ def _check_backbones(plan: Plan, source: Path) -> None:
 
     for i, m in enumerate(plan.members):
         field = f"backbones.{m.backbone_alias}.model" if m.backbone_alias else f"members[{i}].backbone"
-        if m.backbone not in timm.list_models() and not timm.is_model(m.backbone):
+        # is_model first: a registry lookup, where list_models() builds and sorts every name (once per member).
+        if not timm.is_model(m.backbone) and m.backbone not in timm.list_models():
             near = timm.list_models(f"*{m.backbone.split('_')[0]}*")[:8]
             aliases = f"; or one of the backbones: aliases {sorted(plan.backbones)}" if plan.backbones else ""
             raise PlanError(

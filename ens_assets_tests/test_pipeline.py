@@ -286,7 +286,13 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     import urllib.parse
     import urllib.request
 
-    from ens_assets_tests.orchestration.browser import browser_missing, chromium_pages, dagster_dev, publish_screenshots
+    from ens_assets_tests.orchestration.browser import (
+        VIEWPORT,
+        browser_missing,
+        chromium_pages,
+        dagster_dev,
+        publish_screenshots,
+    )
 
     missing = browser_missing()
     if missing:
@@ -302,6 +308,11 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
             smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
             ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
             ensemble = ui.screenshot("ui-ensemble.png", scroll_to="members")
+            scores_text, scores_box = ui.markdown_dialog("honest_scores")
+            diagnostics_text = ui.visit("/assets/ensemble_diagnostics", "per_class_recall")
+            diagnostics_overflow = ui.metadata_overflow()
+            diagnostics = ui.screenshot("ui-diagnostics.png", scroll_to="per_class_recall")
+            roadmap_text, roadmap_box = ui.markdown_dialog("roadmap")
         query = ("{ runsOrError { ... on Runs { results { jobName tags { key value } "
                  "repositoryOrigin { repositoryLocationName } } } } }")
         request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query}).encode(),
@@ -319,6 +330,16 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     assert "FAILED: " + verdict["reasons"][0] in smoke_text
     assert "http://127.0.0.1:5000/#/experiments/" in ensemble_text
     assert f"{DIVERGES}\tcv\tFAILED" in ensemble_text  # the members table: which gate each member passed
-    for shot in (graph, ensemble):
+    # Wide metadata in view at 1280 px: the recall of every class without scrolling sideways, the roadmap's
+    # headings whole, the honest-scores dialog no taller than the window.
+    classes = json.loads((runner.plan.ensemble_dir / "spec.json").read_text())["classes"]
+    assert all(c in diagnostics_text for c in classes)
+    assert {k: v for k, v in diagnostics_overflow.items() if v} == {}, diagnostics_overflow
+    assert "Classes every member gets wrong (recall < 0.3)" in roadmap_text
+    viewport = VIEWPORT["height"]
+    assert scores_box["y"] >= 0 and scores_box["y"] + scores_box["height"] <= viewport, scores_box
+    assert "best_single_member" in scores_text and "lowest OOF log loss" in scores_text
+    assert roadmap_box["y"] >= 0, roadmap_box
+    for shot in (graph, ensemble, diagnostics):
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size < 1_000_000
     publish_screenshots([graph, ensemble])

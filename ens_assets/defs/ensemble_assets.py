@@ -6,7 +6,13 @@ from dataclasses import replace
 import dagster as dg
 
 from ens_assets import mlflow_store
-from ens_assets.defs.metadata import frame_markdown, table_metadata
+from ens_assets.defs.metadata import (
+    frame_markdown,
+    member_class_markdown,
+    reasons_markdown,
+    records_markdown,
+    table_metadata,
+)
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
 from ens_assets.plan import Plan
@@ -68,10 +74,11 @@ def _ensemble_asset(oof_predictions: dg.AssetsDefinition, test_predictions: dg.A
                 "temperature": result.spec["temperature"],
                 "mlflow_run": dg.MetadataValue.url(run_page),
                 "members": dg.MetadataValue.md(frame_markdown(member_table(plan, result.spec, outputs.excluded))),
-                "honest_scores": dg.MetadataValue.md(frame_markdown(scores_for_people(result.scores), max_columns=7)),
-                "accuracy_vs_compute": dg.MetadataValue.md(frame_markdown(_for_people(result.compute))),
+                # A dialog 1024 px wide (over 1000 characters): one table, shared notes listed once, shorter than the screen.
+                "honest_scores": dg.MetadataValue.md(frame_markdown(scores_for_people(result.scores), max_columns=8)),
+                "accuracy_vs_compute": dg.MetadataValue.md(records_markdown(_for_people(result.compute), "name")),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
-                "excluded_members": dg.MetadataValue.json(outputs.excluded),
+                "excluded_members": dg.MetadataValue.md(reasons_markdown(outputs.excluded)),
                 "spec": dg.MetadataValue.json(result.spec),
                 "submission": dg.MetadataValue.path(str(result.submission_path)),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
@@ -108,7 +115,7 @@ def _ensemble_diagnostics_asset(ensemble: dg.AssetsDefinition) -> dg.AssetsDefin
         return dg.MaterializeResult(
             metadata={
                 "roadmap": dg.MetadataValue.md(diagnostics.roadmap),
-                "per_class_recall": dg.MetadataValue.md(frame_markdown(diagnostics.recall)),
+                "per_class_recall": dg.MetadataValue.md(member_class_markdown(diagnostics.recall)),
                 "recall_matrix": dg.MetadataValue.md(png_markdown(diagnostics.pngs["recall_matrix"], "per-class recall")),
                 "confusions": dg.MetadataValue.md(png_markdown(diagnostics.pngs["confusion_grid"], "confusion matrices")),
                 **({"reliability": dg.MetadataValue.md(png_markdown(diagnostics.pngs["reliability"], "reliability diagram"))}
@@ -130,7 +137,8 @@ def scores_for_people(scores):
     def with_interval(value, lo, hi) -> str | None:
         if value is None:
             return None
-        return f"{value:.3f}" if lo is None or hi is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+        # No-break spaces: an interval never wraps inside its cell (a dialog of 3-line rows is taller than the screen).
+        return f"{value:.3f}" if lo is None or hi is None else f"{value:.3f}\u00a0[{lo:.3f},\u00a0{hi:.3f}]"
 
     columns = set(scores.columns)
     rows = []
@@ -143,10 +151,13 @@ def scores_for_people(scores):
             row["vs best [95%]"] = with_interval(r["delta_vs_best"], r.get("delta_lo"), r.get("delta_hi"))
         if "test_log_loss" in columns:
             row["test LL"] = with_interval(r["test_log_loss"], None, None)
-        row["members"] = r.get("members_used")
+        row["members"] = None if r.get("members_used") == r["name"] else r.get("members_used")  # a member's own row
         row["note"] = r.get("note")
         rows.append(row)
-    return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]}) if rows else scores
+    if not rows:
+        return scores
+    table = pl.DataFrame(rows, schema={k: pl.String for k in rows[0]})
+    return table.select([c for c in table.columns if c == "name" or table[c].null_count() < table.height])
 
 
 def _for_people(frame):

@@ -37,8 +37,9 @@ def frame_markdown(frame: pl.DataFrame, float_digits: int = 4, max_rows: int = 6
             return _si(v)
         text = str(v).replace("|", "\\|").replace("\n", " ")
         if len(text) > LONG_CELL:
-            notes.append(text)
-            return f"[{len(notes)}]"
+            if text not in notes:  # a note many rows share is listed once
+                notes.append(text)
+            return f"[{notes.index(text) + 1}]"
         return text
 
     rows = [[cell(v) for v in row] for row in frame.head(max_rows).iter_rows()]
@@ -56,6 +57,55 @@ def frame_markdown(frame: pl.DataFrame, float_digits: int = 4, max_rows: int = 6
     more = [f"_{frame.height - max_rows} more rows_"] if frame.height > max_rows else []
     listed = ["\n".join(f"{n}. {text}" for n, text in enumerate(notes, 1))] if notes else []
     return "\n\n".join([*tables, *more, *listed])
+
+
+# The UI's metadata value column is about 280-350 px wide at a 1280 px window, and a table cell never breaks
+# inside a word: a table whose unbreakable cells sum wider than that is cut off on the right. Tables of
+# members x classes are therefore shown transposed and split, and row records as wrapping bullet lines.
+NARROW_TABLE_VALUE_COLUMNS = 3
+
+
+def member_class_markdown(frame: pl.DataFrame, label: str = "member", float_digits: int = 2) -> str:
+    """A table with one row per member (a `label` column, then one column per class) shown transposed: one
+    row per class, members as short columns m1, m2, ... (the ensemble's row as 'ens'), at most
+    NARROW_TABLE_VALUE_COLUMNS member columns per table, the members' names listed under the tables."""
+    names = frame[label].to_list()
+    short = ["ens" if n == "ensemble" else f"m{i}" for i, n in enumerate(names, 1)]
+    classes = [c for c in frame.columns if c != label]
+    rows = frame.select(classes).rows()
+    tables = []
+    for start in range(0, len(names), NARROW_TABLE_VALUE_COLUMNS):
+        cols = range(start, min(start + NARROW_TABLE_VALUE_COLUMNS, len(names)))
+        lines = ["| class | " + " | ".join(short[j] for j in cols) + " |", "| --- |" + " --- |" * len(cols)]
+        for k, c in enumerate(classes):
+            cells = [("" if rows[j][k] is None else f"{rows[j][k]:.{float_digits}f}") for j in cols]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    legend = "\n".join(f"- {s}: `{n}`" for s, n in zip(short, names) if s != "ens" or n != "ensemble")
+    return "\n\n".join([*tables, legend])
+
+
+def records_markdown(frame: pl.DataFrame, label: str, float_digits: int = 4) -> str:
+    """One bullet line per row, `label` in bold, then every other column as 'name value': wraps at any width."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.{float_digits}f}"
+        if isinstance(v, int):
+            return _si(v)
+        return str(v)
+
+    lines = []
+    for row in frame.iter_rows(named=True):
+        parts = [f"{SHORT_NAMES.get(k, k)} {value(v)}" for k, v in row.items() if k != label and v is not None]
+        lines.append(f"- **{row[label]}**: " + ", ".join(parts))
+    return "\n".join(lines) or "none"
+
+
+def reasons_markdown(reasons: Mapping[str, str]) -> str:
+    """name -> why, as wrapping bullet lines ('none' when empty)."""
+    return "\n".join(f"- `{name}`: {why}" for name, why in reasons.items()) or "none"
 
 
 def _si(value: int) -> str:

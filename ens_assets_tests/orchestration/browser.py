@@ -118,6 +118,35 @@ class UiPages:
         self.page.screenshot(path=str(path))
         return path
 
+    def metadata_overflow(self) -> dict[str, int]:
+        """Per metadata key of the asset page shown: how many px of its value lie right of the metadata
+        table's visible edge (0: the whole value is in view without scrolling sideways)."""
+        return self.page.evaluate("""() => {
+            const box = document.querySelector('[class*=assetEventMetadataScrollContainer]');
+            const edge = box.getBoundingClientRect().right;
+            const out = {};
+            for (const tr of box.querySelectorAll(':scope table > tbody > tr')) {
+                const cells = tr.querySelectorAll(':scope > td');
+                const range = document.createRange();
+                range.selectNodeContents(cells[cells.length - 1]);
+                const right = Math.max(0, ...[...range.getClientRects()].map(r => r.right));
+                out[cells[0].innerText.trim()] = Math.max(0, Math.round(right - edge));
+            }
+            return out;
+        }""")
+
+    def markdown_dialog(self, key: str) -> tuple[str, dict]:
+        """Open the '[Show Markdown]' dialog of metadata `key`: its text and its box (x, y, width, height)."""
+        row = self.page.locator("tr", has=self.page.get_by_text(key, exact=True)).first
+        row.get_by_text("[Show Markdown]").first.click()
+        dialog = self.page.get_by_role("dialog").first
+        dialog.wait_for(timeout=PAGE_TIMEOUT_MS)
+        self.page.wait_for_timeout(500)
+        text, box = dialog.inner_text(), dialog.bounding_box()
+        self.page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=PAGE_TIMEOUT_MS)
+        return text, box
+
     def _dismiss_welcome(self) -> None:
         """A fresh browser profile gets Dagster's community dialog over the page."""
         skip = self.page.get_by_role("button", name="Skip")
