@@ -36,8 +36,12 @@ dvc-env: $(DVC_VENV)/.installed
 demo: install
 	$(PY) -m ens_assets.cli --params params.yaml demo
 
+# Two pytest workers (pytest-xdist), each taking whole test files (module fixtures are built once): most tests
+# train on one core (OMP_NUM_THREADS=1) or wait on subprocesses, so one worker leaves much of 2 cores idle.
+# `make test TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 repro: install
 	$(ENS_ASSETS_DVC) repro
