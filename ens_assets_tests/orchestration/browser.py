@@ -162,7 +162,11 @@ def chromium_pages(url: str, shots: Path) -> Iterator[UiPages]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            yield UiPages(browser.new_page(viewport=VIEWPORT), url, shots)
+            page = browser.new_page(viewport=VIEWPORT)
+            # Dagster's community dialog can open late on a loaded machine, over whatever is clicked next:
+            # playwright dismisses it before any action it would block.
+            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+            yield UiPages(page, url, shots)
         finally:
             browser.close()
 
