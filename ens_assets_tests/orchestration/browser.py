@@ -148,10 +148,13 @@ class UiPages:
         return text, box
 
     def _dismiss_welcome(self) -> None:
-        """A fresh browser profile gets Dagster's community dialog over the page."""
+        """A fresh browser profile gets Dagster's community dialog over the page: close it before reading the
+        page. A plain click() here would itself be intercepted by the locator handler (which closes the dialog
+        first) and then wait for a button that is gone; a dispatched click runs no handler."""
         skip = self.page.get_by_role("button", name="Skip")
         if skip.count():
-            skip.first.click()
+            skip.first.dispatch_event("click")
+            skip.first.wait_for(state="hidden", timeout=PAGE_TIMEOUT_MS)
 
 
 @contextlib.contextmanager
