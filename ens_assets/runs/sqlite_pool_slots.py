@@ -22,11 +22,20 @@ from dagster._utils.concurrency import ConcurrencySlotStatus
 
 
 class SqliteEventLogStorageWithAtomicSlots(SqliteEventLogStorage):
-    """SqliteEventLogStorage (base_dir defaults to $DAGSTER_HOME/history/runs, where Dagster keeps it)."""
+    """SqliteEventLogStorage. base_dir defaults to $DAGSTER_HOME/history/runs, where Dagster keeps it: the
+    instance config names no folder, so every process (webserver, daemon, run workers, CLI) must run with
+    DAGSTER_HOME set to the instance's folder, as `DagsterInstance.get()` already requires."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
-        home = os.environ.get("DAGSTER_HOME", "")
-        super().__init__(base_dir or os.path.join(home, "history", "runs"), inst_data=inst_data)
+        if not base_dir:
+            home = os.environ.get("DAGSTER_HOME")
+            if not home:
+                raise RuntimeError(
+                    f"{type(self).__name__} keeps the event log under $DAGSTER_HOME/history/runs, and DAGSTER_HOME "
+                    "is not set: export DAGSTER_HOME=<the folder holding dagster.yaml> (make ui does: dagster_home/)"
+                )
+            base_dir = os.path.join(home, "history", "runs")
+        super().__init__(base_dir, inst_data=inst_data)
 
     @classmethod
     def config_type(cls):

@@ -20,11 +20,13 @@ def _slots(storage) -> list[tuple]:
         ).fetchall()
 
 
-def test_two_claims_of_one_free_slot_give_it_once(tmp_path) -> None:
+def test_two_claims_of_one_free_slot_give_it_once(tmp_path, monkeypatch) -> None:
     home = make_dagster_home(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # where the storage keeps its files, as in every Dagster process
     with dg.DagsterInstance.from_config(str(home)) as instance:
         storage = instance.event_log_storage
         assert isinstance(storage, SqliteEventLogStorageWithAtomicSlots), "dagster_home/dagster.yaml selects it"
+        assert storage._base_dir == str(home / "history" / "runs")
         storage.set_concurrency_slots("gpu", 1)
         ((slot_id, holder, _),) = _slots(storage)
         assert holder is None
