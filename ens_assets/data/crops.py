@@ -27,6 +27,11 @@ from ens_assets.data.images import ImageProblem, load_rgb
 from ens_assets.data.quarantine import QUARANTINE_SCHEMA, quarantine_frame
 from ens_assets.plan import ANNOTATED_BOXES_KEY, NO_DETECTOR_KEY, CropConfig, DataConfig, threshold_key
 
+# The cache's files, named once here, where they are written (readers elsewhere import the names).
+INDEX_FILE = "index.parquet"  # one row per crop: row in images.npy, image_id, split, ...
+QUARANTINE_FILE = "quarantine.parquet"  # QUARANTINE_SCHEMA: the images with no crop, and why
+SUMMARY_FILE = "summary.json"
+
 INDEX_SCHEMA = pl.Schema(
     {
         "row": pl.Int64,
@@ -256,9 +261,9 @@ def build_crop_cache(
         index = pl.DataFrame(index_rows, schema=INDEX_SCHEMA) if index_rows else pl.DataFrame(schema=INDEX_SCHEMA)
         quarantine = pl.concat([label_rows, quarantine_frame(quarantine_rows)])
         summary = _summary(manifest, detections, index, quarantine, threshold, cfg, n_label_rows=label_rows.height)
-        index.write_parquet(building / "index.parquet")
+        index.write_parquet(building / INDEX_FILE)
         quarantine.write_parquet(building / QUARANTINE_FILE)
-        (building / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (building / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         replace_dir(building, out_dir)
     return summary
 
@@ -352,9 +357,6 @@ class CropCache:
         return digest.hexdigest()[:16]
 
 
-QUARANTINE_FILE = "quarantine.parquet"  # QUARANTINE_SCHEMA: the images with no crop, and why
-
-
 def read_crop_quarantine(out_dir: Path) -> pl.DataFrame:
     """The images a crop cache quarantined, with the reason (one row per image)."""
     path = Path(out_dir) / QUARANTINE_FILE
@@ -365,7 +367,7 @@ def read_crop_quarantine(out_dir: Path) -> pl.DataFrame:
 
 def open_crop_cache(out_dir: Path) -> CropCache:
     out_dir = Path(out_dir)
-    needed = ["images.npy", "index.parquet", QUARANTINE_FILE, "summary.json"]
+    needed = ["images.npy", INDEX_FILE, QUARANTINE_FILE, SUMMARY_FILE]
     missing = [name for name in needed if not (out_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{out_dir}: no complete crop cache (missing {missing}); build it with build_crop_cache")
@@ -373,7 +375,7 @@ def open_crop_cache(out_dir: Path) -> CropCache:
         images = np.load(out_dir / "images.npy", mmap_mode="r")
     except ValueError:  # an empty cache (every image quarantined) cannot be memory-mapped
         images = np.load(out_dir / "images.npy")
-    index = pl.read_parquet(out_dir / "index.parquet")
+    index = pl.read_parquet(out_dir / INDEX_FILE)
     if images.shape[0] != index.height:
         raise ValueError(f"{out_dir}: images.npy holds {images.shape[0]} crops but index.parquet {index.height}; rebuild the cache")
     return CropCache(
@@ -381,5 +383,5 @@ def open_crop_cache(out_dir: Path) -> CropCache:
         images=images,
         index=index,
         quarantine=read_crop_quarantine(out_dir),
-        summary=json.loads((out_dir / "summary.json").read_text()),
+        summary=json.loads((out_dir / SUMMARY_FILE).read_text()),
     )

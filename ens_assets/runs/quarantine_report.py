@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
+from ens_assets.data.crops import QUARANTINE_FILE as CROP_QUARANTINE_FILE
 from ens_assets.data.ingest import read_label_quarantine
 from ens_assets.plan import Plan
-from ens_assets.training.checkpoint_store import CROP_QUARANTINE_FILE, CheckpointStore
+from ens_assets.training.checkpoint_store import CheckpointStore
 
 MAX_REASONS = 6
 _FILE_ROW_PREFIX = re.compile(r"^/.*?: ")  # label-row reasons start with '<absolute file> row N (id X): '

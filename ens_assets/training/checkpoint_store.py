@@ -15,14 +15,13 @@ from typing import Any, Mapping, Sequence
 
 import polars as pl
 
-from ens_assets.data.crops import QUARANTINE_FILE, read_crop_quarantine
+from ens_assets.data.crops import INDEX_FILE as CROP_INDEX_FILE
+from ens_assets.data.crops import SUMMARY_FILE as CROP_SUMMARY_FILE
+from ens_assets.data.crops import read_crop_quarantine
 from ens_assets.plan import SMOKE_FOLD, Plan, threshold_key
 from ens_assets.training.checkpoint import CheckpointError, load_checkpoint, read_sidecar, save_checkpoint
 from ens_assets.training.smoke_gate import SmokeVerdict
 
-CROP_SUMMARY_FILE = "summary.json"
-CROP_INDEX_FILE = "index.parquet"
-CROP_QUARANTINE_FILE = QUARANTINE_FILE  # owned by data.crops, which writes it
 CONFUSION_PNG_FILE = "confusion_matrix.png"  # beside each checkpoint, written by training.metrics
 
 
