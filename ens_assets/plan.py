@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ens_assets import timm_names
+
 CLASSES_CONSERVISION = (
     "antelope_duiker",
     "bird",
@@ -623,13 +625,10 @@ class Plan(_Strict):
 
 def pretrained_input_size(backbone: str) -> int:
     """The input size timm's pretrained_cfg gives the backbone (resolve_data_config), e.g. 224."""
-    import timm  # deferred: only plans that ask for it pay for importing timm
-    from timm.data import resolve_data_config
-
-    cfg = timm.models.get_pretrained_cfg(backbone)
-    if cfg is None:
+    size = timm_names.pretrained_input_size(backbone)
+    if size is None:
         raise PlanError(f"image_size: pretrained for '{backbone}': timm has no pretrained config for it; give a size in px")
-    return int(resolve_data_config(pretrained_cfg=cfg.to_dict())["input_size"][-1])
+    return size
 
 
 def detection_source_of(layout: str, detections: str | None, megadetector_weights: str | None) -> str:
@@ -666,12 +665,12 @@ def stable_hash(obj: Any) -> str:
 
 
 def _check_backbones(plan: Plan, source: Path) -> None:
-    import timm  # deferred: importing timm is slow and plan loading is on every Dagster import
-
     for i, m in enumerate(plan.members):
         field = f"backbones.{m.backbone_alias}.model" if m.backbone_alias else f"members[{i}].backbone"
-        # is_model first: a registry lookup, where list_models() builds and sorts every name (once per member).
-        if not timm.is_model(m.backbone) and m.backbone not in timm.list_models():
+        # Answered from timm_names' cache, so loading the plan does not import timm (and torch) in every process.
+        if not timm_names.is_model(m.backbone):
+            import timm  # deferred: timm_names imported it already to judge the unknown name
+
             near = timm.list_models(f"*{m.backbone.split('_')[0]}*")[:8]
             aliases = f"; or one of the backbones: aliases {sorted(plan.backbones)}" if plan.backbones else ""
             raise PlanError(
