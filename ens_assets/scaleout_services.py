@@ -36,6 +36,7 @@ import yaml
 HOST = "127.0.0.1"
 STATE_FILE = "services.json"
 CODE_LOCATION = "ens_assets_scaleout"
+SERVERS = ("postgres", "redis")  # the process names of the servers every other process of the stack talks to
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
 # The env var naming the params.yaml every process of the stack builds its definitions from.
@@ -483,9 +484,12 @@ class Stack:
         self._popens[process.pid] = popen
 
     def stop(self, name: str | None = None) -> None:
-        """Stop one process (by name) or all of them, all at once (each group gets its stop signal, then SIGKILL
-        for what is left after the grace period); always safe to call again."""
-        self._stop([p for p in reversed(self.processes) if name is None or p.name == name])
+        """Stop one process (by name) or all of them: the Dagster processes at once (each group gets its stop signal,
+        then SIGKILL for what is left after the grace period), then the servers they talk to (a client that loses
+        PostgreSQL while it shuts down retries its connection instead of exiting); always safe to call again."""
+        chosen = [p for p in reversed(self.processes) if name is None or p.name == name]
+        self._stop([p for p in chosen if p.name not in SERVERS])
+        self._stop([p for p in chosen if p.name in SERVERS])
         if name is None and self.pg_data_dir:
             if (self.pg_data / "server.log").exists() and self.state_dir.exists():
                 (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
