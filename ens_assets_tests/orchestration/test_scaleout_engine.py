@@ -50,6 +50,9 @@ GPU_CONCURRENCY = int(os.environ.get(GPU_CONCURRENCY_ENV, "1"))
 # successful, since one gpu worker at a time takes the copy only after it finished the original.
 VISIBILITY_TIMEOUT_S = 20 if GPU_CONCURRENCY == 1 else 40  # 40 s: as the concurrency-2 demonstration ran
 SMOKE_EPOCHS_OVERNIGHT = 12
+# `make test` runs this module on one pytest-xdist worker beside the other's tests, some of them timing-sensitive
+# (gpu pool turns, killed runs): the stack's processes let those have the CPU first.
+NICENESS = 5
 TICK = datetime.datetime.now(datetime.timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
 if TICK > datetime.datetime.now(datetime.timezone.utc):
     TICK -= datetime.timedelta(days=1)
@@ -167,7 +170,7 @@ def stack(tmp_path_factory):
     params_path.write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     stack = Stack(
         state_dir=root / "services", params_path=params_path,
-        gpu_concurrency=GPU_CONCURRENCY, visibility_timeout_s=VISIBILITY_TIMEOUT_S,
+        gpu_concurrency=GPU_CONCURRENCY, visibility_timeout_s=VISIBILITY_TIMEOUT_S, niceness=NICENESS,
     )  # fmt: skip
     saved_env = dict(os.environ)
     try:
