@@ -6,7 +6,15 @@ import polars as pl
 import dagster as dg
 
 from ens_assets.defs.asset_checks import smoke_gate_result, smoke_gate_spec
-from ens_assets.defs.metadata import checkpoint_metadata, frame_markdown, table_metadata, verdict_metadata
+from ens_assets.defs.metadata import (
+    checkpoint_metadata,
+    frame_markdown,
+    mlflow_run_link,
+    table_metadata,
+    verdict_metadata,
+    work_path,
+    workdir_metadata,
+)
 from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
@@ -78,13 +86,15 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
             **checkpoint_metadata(result.metrics, sidecar.get("classes", [])),
             "skipped_fresh": dg.MetadataValue.bool(result.skipped),
             "fingerprint": result.fingerprint,
-            "path": dg.MetadataValue.path(str(result.checkpoint_dir)),
+            # Relative to the workdir, and no tracking URI (an absolute sqlite path): one unbreakable word
+            # wider than the value column made the partition page scroll sideways at 1280 px.
+            "workdir": workdir_metadata(plan.work, plan.path(".")),
+            "path": work_path(plan.work, result.checkpoint_dir),
         }
-        if result.mlflow_url:
-            metadata["mlflow_run"] = dg.MetadataValue.url(result.mlflow_url)
+        if result.mlflow_url and result.mlflow_run_id:
+            metadata["mlflow_run"] = mlflow_run_link(result.mlflow_url, result.mlflow_run_id)
         if result.mlflow_run_id:
             metadata["mlflow_run_id"] = result.mlflow_run_id
-        metadata["mlflow_tracking_uri"] = tracking.uri
         confusion_png = store.confusion_png(member, fold)
         if confusion_png is not None:
             metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
@@ -134,7 +144,7 @@ def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.Ass
                 "dagster/row_count": frame.height,
                 **table_metadata(summary),
                 "per_class_recall": dg.MetadataValue.md(frame_markdown(recall, float_digits=3)),
-                "path": dg.MetadataValue.path(str(plan.oof_path(member.key))),
+                "path": work_path(plan.work, plan.oof_path(member.key)),
             }
         )
     return oof_predictions
@@ -157,7 +167,7 @@ def _test_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.As
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": frame.height,
-                "path": dg.MetadataValue.path(str(plan.test_predictions_path(context.partition_key))),
+                "path": work_path(plan.work, plan.test_predictions_path(context.partition_key)),
             }
         )
     return test_predictions

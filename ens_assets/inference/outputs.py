@@ -4,6 +4,13 @@ The JSON is MegaDetector batch output format 1.4 (what Timelapse, AddaxAI and th
 postprocessing tools read): the input's detections, each box some member cropped carrying the ensemble's
 `classifications` ([[class id, probability], ...], most probable first), `classification_categories` naming
 the classes. An unreadable photo is an image entry with a `failure` and no detections.
+
+A photo classified on its full frame only (no box cropped by any member) gets one whole-image detection
+(bbox [0, 0, 1, 1], conf = its top class's probability, category `unknown`, a detection category added for
+it) that carries the classifications, unless its top class is a blank one: what the MegaDetector package does
+when it converts whole-image SpeciesNet classifications to this format
+(megadetector.utils.wi_taxonomy_utils.generate_md_results_from_predictions_json, behind speciesnet_to_md),
+so Timelapse, AddaxAI and the postprocessing tools show the classification instead of an empty image.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from ens_assets.inference.predict import Predictions
 MD_FORMAT_VERSION = "1.4"
 PREDICTIONS_FILE, DETECTIONS_FILE, SUMMARY_FILE = "predictions.csv", "md_predictions.json", "summary.json"
 LEAST_CONFIDENT = 10
+WHOLE_IMAGE_BBOX = [0.0, 0.0, 1.0, 1.0]
+WHOLE_IMAGE_CATEGORY = "unknown"  # the detection category name MegaDetector's converter gives whole-image boxes
+BLANK_CLASSES = ("blank", "empty")  # a top class so named: no animal, so no whole-image detection (as MD's)
 
 
 @dataclass
@@ -57,7 +67,9 @@ def predictions_table(result: Predictions) -> pl.DataFrame:
 
 def megadetector_json(result: Predictions) -> dict[str, Any]:
     """MegaDetector batch output 1.4 with per-detection classifications (see the module docstring)."""
-    id_of_category = {name.strip().lower(): cid for cid, name in result.detections.categories.items()}
+    categories = dict(result.detections.categories)
+    id_of_category = {name.strip().lower(): cid for cid, name in categories.items()}
+    whole_image_category = None
     boxes: dict[str, list[tuple]] = {}
     for name, category, conf, x, y, w, h in result.detections.table.iter_rows():
         boxes.setdefault(name, []).append((category, conf, x, y, w, h))
@@ -80,6 +92,12 @@ def megadetector_json(result: Predictions) -> dict[str, Any]:
             if (round(x, 6), round(y, 6), round(w, 6), round(h, 6)) in used:
                 detection["classifications"] = classifications
             detections.append(detection)
+        if "failure" not in entry and not result.boxes_used[i] and classifications \
+                and result.classes[order[0]].strip().lower() not in BLANK_CLASSES:
+            if whole_image_category is None:
+                whole_image_category = _category_id(categories, WHOLE_IMAGE_CATEGORY)
+            detections.append({"category": whole_image_category, "conf": classifications[0][1],
+                               "bbox": list(WHOLE_IMAGE_BBOX), "classifications": classifications})
         entry["detections"] = None if "failure" in entry else detections
         images.append(entry)
     info = {
@@ -90,8 +108,18 @@ def megadetector_json(result: Predictions) -> dict[str, Any]:
         "classifier_metadata": {"members": [m.key for m in result.artefact.members],
                                 "ensemble": result.artefact.source},
     }
-    return {"info": info, "detection_categories": result.detections.categories,
+    return {"info": info, "detection_categories": categories,
             "classification_categories": {str(k): c for k, c in enumerate(result.classes)}, "images": images}
+
+
+def _category_id(categories: dict[str, str], name: str) -> str:
+    """The id of the detection category `name`, added to `categories` (the next integer id) when missing."""
+    for cid, existing in categories.items():
+        if existing.strip().lower() == name:
+            return cid
+    cid = str(max((int(c) for c in categories if c.isdigit()), default=0) + 1)
+    categories[cid] = name
+    return cid
 
 
 def least_confident(table: pl.DataFrame, n: int = LEAST_CONFIDENT) -> pl.DataFrame:

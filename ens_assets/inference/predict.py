@@ -7,19 +7,19 @@ fitted combiner and temperature-scaled when the ensemble's submission is.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.func import functional_call
 
 from ens_assets.ensemble.calibration import apply_temperature
-from ens_assets.inference.artefact import EnsembleArtefact, MemberModel
+from ens_assets.inference.artefact import ArtefactError, EnsembleArtefact, MemberModel
 from ens_assets.inference.inputs import Detections, ImageInput, read_image_detections
 from ens_assets.inference.loader import CropBatch, DecodedBatches, decode_workers, photo_loader
 from ens_assets.training.augment import model_mean_std, normalize, to_unit_float
@@ -33,10 +33,17 @@ DEFAULT_BATCH_IMAGES = 64
 class _LoadedMember:
     spec: MemberModel
     rule_index: int
-    models: list[nn.Module]
+    model: nn.Module  # the member's architecture, built once; each fold model is it with that fold's weights
+    fold_weights: list[dict[str, torch.Tensor]]  # per fold: every parameter and buffer, as its safetensors file holds
     mean: torch.Tensor
     std: torch.Tensor
     class_order: np.ndarray  # member column of each ensemble class
+
+    def fold_logits(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each fold model's logits for x: the architecture applied with that fold's weights
+        (torch.func.functional_call swaps them in for the call: no model is copied or re-initialised)."""
+        for weights in self.fold_weights:
+            yield functional_call(self.model, weights, (x,))
 
 
 @dataclass
@@ -60,26 +67,41 @@ class Predictions:
 
 
 def load_members(artefact: EnsembleArtefact, device: torch.device) -> list[_LoadedMember]:
-    """The fold models of every member the combiner needs, in eval mode on `device`."""
+    """The fold models of every member the combiner needs, in eval mode on `device`.
+
+    One module per architecture (its random init is the only one paid); the folds are their safetensors read
+    straight onto the device, applied in turn (_LoadedMember.fold_logits). Building, copying and loading a module
+    per fold model took a quarter of predicting 160 photos (bench_predict; see the README's bench table)."""
     rules = artefact.crop_rules()
     loaded = []
-    built: dict[tuple[str, int], nn.Module] = {}
+    built: dict[tuple[str, int], tuple[nn.Module, dict[str, tuple]]] = {}
     for member in artefact.members:
         if member.key not in artefact.needed_members():
             continue
         shape = (member.backbone, len(member.classes))
-        models = []
-        for fold in member.folds:
-            # One build (random init included) per architecture; every other fold model is a copy given its
-            # own weights: building each from scratch cost a third of predicting 160 photos (bench_predict).
-            model = copy.deepcopy(built[shape]) if shape in built else create_member_model(*shape, None)
-            model.load_state_dict(load_file(str(fold.path)))
-            models.append(model.to(device).eval())
-            built.setdefault(shape, models[-1])
-        mean, std = model_mean_std(models[0], device)
+        if shape not in built:
+            model = create_member_model(*shape, None).to(device).eval()
+            built[shape] = model, {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        model, expected = built[shape]
+        weights = [_fold_weights(fold.path, expected, device) for fold in member.folds]
+        mean, std = model_mean_std(model, device)
         order = np.array([member.classes.index(c) for c in artefact.classes])
-        loaded.append(_LoadedMember(member, rules.index(member.crop), models, mean, std, order))
+        loaded.append(_LoadedMember(member, rules.index(member.crop), model, weights, mean, std, order))
     return loaded
+
+
+def _fold_weights(path: Path, expected: dict[str, tuple], device: torch.device) -> dict[str, torch.Tensor]:
+    """A fold's tensors, checked as load_state_dict(strict=True) checks them against the architecture's
+    state_dict shapes (`expected`): the same names, the same shapes."""
+    weights = load_file(str(path), device=str(device))
+    given = {name: tuple(t.shape) for name, t in weights.items()}
+    if given != expected:
+        missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+        resized = sorted(n for n in expected.keys() & given.keys() if expected[n] != given[n])
+        raise ArtefactError(f"{path}: its weights do not fit the member's architecture (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}, other shapes {resized[:3]}); re-export the ensemble from "
+                            "the checkpoints it was fitted on")
+    return weights
 
 
 def member_crop_probs(member: _LoadedMember, crops_u8: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -87,12 +109,11 @@ def member_crop_probs(member: _LoadedMember, crops_u8: torch.Tensor, device: tor
     x = normalize(to_unit_float(place_batch(crops_u8, device)), member.mean, member.std)
     x = x.contiguous(memory_format=memory_format())
     total = None
-    for model in member.models:
-        with autocast_context(device):
-            logits = model(x)
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
-        total = probs if total is None else total + probs
-    return (total / len(member.models)).astype(np.float32)
+    with autocast_context(device):
+        for logits in member.fold_logits(x):
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
+            total = probs if total is None else total + probs
+    return (total / len(member.fold_weights)).astype(np.float32)
 
 
 def per_photo_mean(crop_probs: np.ndarray, owner: np.ndarray, n_photos: int) -> np.ndarray:

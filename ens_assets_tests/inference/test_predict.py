@@ -118,6 +118,8 @@ def test_real_looking_photos_and_a_corrupt_file(trained, tmp_path):
     assert not result["errors"] and not result["warnings"], result
     md = json.loads(outputs.paths["megadetector"].read_text())
     assert md["info"]["format_version"] == "1.4"
+    whole = _whole_image_detections(md, table)  # no detections given: every photo was classified whole
+    assert whole == (good["top_class"] != "blank").sum()
     assert set(md["classification_categories"].values()) == set(classes)
     failed = [i for i in md["images"] if i.get("failure")]
     assert [i["file"] for i in failed] == ["cam2/IMG_0004.JPG"]
@@ -147,3 +149,28 @@ def test_megadetector_json_carries_classifications_on_cropped_boxes(trained, tmp
     for row in outputs.table.filter(~pl.col("fallback")).iter_rows(named=True):
         top = [d for d in by_file[row["image"]]["detections"] if "classifications" in d]
         assert top and md["classification_categories"][top[0]["classifications"][0][0]] == row["top_class"]
+    assert _whole_image_detections(md, outputs.table) > 0  # the demo's not_in_json photos and tiny boxes
+
+
+def _whole_image_detections(md: dict, table: pl.DataFrame) -> int:
+    """Every readable photo no member cropped a box of carries its classification on one whole-image detection
+    (category 'unknown', bbox [0, 0, 1, 1], conf = the top probability), as MegaDetector's own converter writes
+    whole-image classifications; unless its top class is blank, or the detector failed on it. Returns how many."""
+    by_file = {i["file"]: i for i in md["images"]}
+    whole_count = 0
+    for row in table.filter(~pl.col("quarantined")).iter_rows(named=True):
+        detections = by_file[row["image"]]["detections"]
+        if detections is None:
+            assert row["detector_status"] == "failure"
+            continue
+        whole = [d for d in detections if md["detection_categories"][d["category"]] == "unknown"]
+        boxes = [d for d in detections if d not in whole and "classifications" in d]
+        if boxes or row["top_class"] == "blank":
+            assert not whole, (row, detections)
+            continue
+        assert len(whole) == 1, (row, detections)
+        [detection] = whole
+        assert detection["bbox"] == [0.0, 0.0, 1.0, 1.0] and detection["conf"] == round(row["top_probability"], 4)
+        assert md["classification_categories"][detection["classifications"][0][0]] == row["top_class"]
+        whole_count += 1
+    return whole_count
