@@ -48,7 +48,10 @@ def _running(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on it: a new server could bind it (as servers do, with SO_REUSEADDR, so that connections the
+    old one closed, still in TIME_WAIT, do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
