@@ -80,9 +80,14 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
         tracking = mlflow_tracking.resolve(plan)
         result = train_member_fold(plan, member, fold, log=context.log.info, tracking=tracking)
         sidecar = store.sidecar(member, fold) or {}
+        smoke = fold == SMOKE_FOLD
+        verdict = store.verdict(member) if smoke else None
+        gate = verdict_metadata(verdict) if smoke else {}
         metadata = {
             "member": member,
             "fold": fold,
+            # A smoke partition leads with its verdict (passed, or FAILED and why); its checks table comes last.
+            **({"smoke_gate": gate.pop("smoke_gate")} if smoke else {}),
             **checkpoint_metadata(result.metrics, sidecar.get("classes", [])),
             "skipped_fresh": dg.MetadataValue.bool(result.skipped),
             "fingerprint": result.fingerprint,
@@ -99,9 +104,8 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
         if confusion_png is not None:
             metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
-        if fold == SMOKE_FOLD:
-            verdict = store.verdict(member)
-            metadata.update(verdict_metadata(verdict))
+        if smoke:
+            metadata.update(gate)
             check_results.append(smoke_gate_result(verdict))
             for observation in fold_gate_observations(plan, member, verdict):
                 context.log_event(observation)
