@@ -232,6 +232,7 @@ def test_failed_smoke_gate_is_a_verdict_on_its_partition(materialized):
     assert not failures
 
     metadata = _latest_metadata(instance, smoke)
+    assert list(metadata)[:3] == ["member", "fold", "smoke_gate"]  # the verdict leads its partition's page
     assert metadata["smoke_gate"].text.startswith("FAILED: ")
     reason = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]["reasons"][0]
     assert reason in metadata["smoke_gate"].text
@@ -338,7 +339,8 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
             graph_text = ui.visit("/assets/ensemble?view=lineage&lineageScope=upstream&lineageDepth=10", "source_images")
             graph = ui.screenshot("ui-asset-graph.png")
             smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
-            smoke_scroll = ui.sideways_scroll()
+            smoke_scroll, smoke_gate_top = ui.sideways_scroll(), ui.top("smoke_gate")
+            smoke = ui.screenshot("ui-failed-smoke.png")
             fold_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={good_fold}", "val_log_loss")
             fold_scroll, fold_links = ui.sideways_scroll(), ui.link_addresses(MLFLOW_UI)
             ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
@@ -364,6 +366,7 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     assert all(r["repositoryOrigin"] for r in runs), [r["jobName"] for r in runs if not r["repositoryOrigin"]]
     assert all(asset in graph_text for asset in ("manifest", "crops", "checkpoints", "oof_predictions", "ensemble"))
     assert "FAILED: " + verdict["reasons"][0] in smoke_text
+    assert smoke_gate_top < VIEWPORT["height"], smoke_gate_top  # the verdict is in view when the partition opens
     # The MLflow links: http addresses of the run pages, behind short link texts.
     ensemble_run = runner.instance.get_latest_materialization_event(dg.AssetKey("ensemble")).asset_materialization
     run_id = ensemble_run.metadata["mlflow_run_id"].value
@@ -383,6 +386,6 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     assert scores_box["y"] >= 0 and scores_box["y"] + scores_box["height"] <= viewport, scores_box
     assert "best_single_member" in scores_text and "lowest OOF log loss" in scores_text
     assert roadmap_box["y"] >= 0, roadmap_box
-    for shot in (graph, ensemble, diagnostics):
+    for shot in (graph, smoke, ensemble, diagnostics):
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size < 1_000_000
     publish_screenshots([graph, ensemble])

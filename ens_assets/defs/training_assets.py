@@ -80,28 +80,25 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
         tracking = mlflow_tracking.resolve(plan)
         result = train_member_fold(plan, member, fold, log=context.log.info, tracking=tracking)
         sidecar = store.sidecar(member, fold) or {}
+        smoke = fold == SMOKE_FOLD
+        verdict = store.verdict(member) if smoke else None
+        gate = verdict_metadata(verdict) if smoke else {}
         metadata = {
             "member": member,
             "fold": fold,
+            # A smoke partition leads with its verdict (passed, or FAILED and why); its checks table comes last.
+            **({"smoke_gate": gate.pop("smoke_gate")} if smoke else {}),
             **checkpoint_metadata(result.metrics, sidecar.get("classes", [])),
             "skipped_fresh": dg.MetadataValue.bool(result.skipped),
             "fingerprint": result.fingerprint,
-            # Relative to the workdir, and no tracking URI (an absolute sqlite path): one unbreakable word
-            # wider than the value column made the partition page scroll sideways at 1280 px.
-            "workdir": workdir_metadata(plan.work, plan.path(".")),
-            "path": work_path(plan.work, result.checkpoint_dir),
+            **_where_and_links(plan, result),
         }
-        if result.mlflow_url and result.mlflow_run_id:
-            metadata["mlflow_run"] = mlflow_run_link(result.mlflow_url, result.mlflow_run_id)
-        if result.mlflow_run_id:
-            metadata["mlflow_run_id"] = result.mlflow_run_id
         confusion_png = store.confusion_png(member, fold)
         if confusion_png is not None:
             metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
-        if fold == SMOKE_FOLD:
-            verdict = store.verdict(member)
-            metadata.update(verdict_metadata(verdict))
+        if smoke:
+            metadata.update(gate)
             check_results.append(smoke_gate_result(verdict))
             for observation in fold_gate_observations(plan, member, verdict):
                 context.log_event(observation)
@@ -113,6 +110,18 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
             metadata=metadata, data_version=dg.DataVersion(result.fingerprint), check_results=check_results
         )
     return checkpoints
+
+
+def _where_and_links(plan: Plan, result) -> dict:
+    """A checkpoint's folder (relative to the workdir) and its MLflow run. No absolute path and no tracking URI
+    (an absolute sqlite path): one unbreakable word wider than the value column made the partition page
+    scroll sideways at 1280 px."""
+    out: dict = {"workdir": workdir_metadata(plan.work, plan.path(".")), "path": work_path(plan.work, result.checkpoint_dir)}
+    if result.mlflow_url and result.mlflow_run_id:
+        out["mlflow_run"] = mlflow_run_link(result.mlflow_url, result.mlflow_run_id)
+    if result.mlflow_run_id:
+        out["mlflow_run_id"] = result.mlflow_run_id
+    return out
 
 
 def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:

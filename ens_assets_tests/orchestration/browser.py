@@ -135,6 +135,10 @@ class UiPages:
             return out;
         }""")
 
+    def top(self, text: str) -> float:
+        """How far down the window (px) the first element reading exactly `text` starts."""
+        return self.page.get_by_text(text, exact=True).first.bounding_box()["y"]
+
     def sideways_scroll(self) -> dict[str, int]:
         """How many px the page, or any pane of it that scrolls sideways (Dagster's metadata table sits in one
         with overflow-x: auto), is wider than its box: {} when nothing on the page scrolls sideways."""
