@@ -186,7 +186,9 @@ def stack(tmp_path_factory):
         stack.start_default_workers(wait=False, warm_cpu=False)
         yield stack
     finally:
-        stack.stop()
+        # Whatever has not stopped 3 s after its stop signal is killed: a warm Celery worker's cold shutdown, or
+        # the daemon finishing a sensor call into the stopping code server, would take the default 10 s.
+        stack.stop(grace_s=3)
         os.environ.clear()
         os.environ.update(saved_env)
 
