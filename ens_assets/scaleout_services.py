@@ -296,7 +296,16 @@ class Stack:
         self._start_postgres()
         self._start_redis()
         self._write_dagster_home()
+        self._create_dagster_schema()
         self.save()
+
+    def _create_dagster_schema(self) -> None:
+        """Dagster's tables in the `dagster` database, once, before any Dagster process starts: each would otherwise
+        create them on its first use of the instance, several at a time, waiting on each other's locks."""
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(self.dagster_home)):
+            pass
 
     def _start_postgres(self) -> None:
         bin_dir = postgres_bin_dir()

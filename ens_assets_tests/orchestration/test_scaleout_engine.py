@@ -173,6 +173,7 @@ def stack(tmp_path_factory):
         gpu_concurrency=GPU_CONCURRENCY, visibility_timeout_s=VISIBILITY_TIMEOUT_S, niceness=NICENESS,
     )  # fmt: skip
     saved_env = dict(os.environ)
+    t0 = time.time()
     try:
         try:
             stack.start_servers()
@@ -182,6 +183,7 @@ def stack(tmp_path_factory):
         # The code server and the workers load the code while this process prepares the data; the daemon starts
         # once the backfill is requested (the backfill fixture). Nothing in this module runs on the default queue,
         # so its worker does not build the definitions before it forks (`make scaleout-up` starts a warm one).
+        _progress(f"servers and Dagster's tables {time.time() - t0:.0f}s")
         stack.start_code_server()
         stack.start_default_workers(wait=False, warm_cpu=False)
         yield stack
@@ -195,7 +197,9 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def instance(stack):
+    t0 = time.time()
     with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        _progress(f"instance {time.time() - t0:.0f}s")
         yield instance
 
 
