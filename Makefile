@@ -38,10 +38,11 @@ demo: install
 
 # Two pytest workers (pytest-xdist), each taking whole test files (module fixtures are built once): most tests
 # train on one core (OMP_NUM_THREADS=1) or wait on subprocesses, so one worker leaves much of 2 cores idle.
-# `make test TEST_WORKERS=0` runs them in one process.
+# Files are handed out longest first (ens_assets_tests/conftest.py orders them; --no-loadscope-reorder keeps that
+# order). `make test TEST_WORKERS=0` runs them in one process.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 repro: install
 	$(ENS_ASSETS_DVC) repro

@@ -38,3 +38,40 @@ def tiny_data(tiny_params) -> dict:
         **made,
         "crops": {key: open_crop_cache(plan.crops_dir(key)) for key in plan.threshold_keys},
     }
+
+
+# --- the order files are handed to the xdist workers ------------------------------------------------------
+# `make test` runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`: whole files, handed out in the order below
+# as workers free up. xdist's default reorder sorts files by their number of tests, which sent the few-test files
+# that run for minutes (one end-to-end run each) last, where one worker ran them alone while the other sat idle.
+# Longest first instead: the scale-out suite (marked scaleout), then these files, longest first as CI timed them
+# (--durations, 2 workers), then the other files with slow tests, then the rest in collection order. A file left
+# off this list only costs wall time, never a test.
+LONGEST_FILES = (
+    "test_own_data_e2e.py",
+    "orchestration/test_gpu_pool_real_assets.py",
+    "orchestration/test_dvc.py",
+    "test_pipeline.py",
+    "test_morning_loop.py",
+    "orchestration/test_killed_run_frees_gpu.py",
+    "test_code_version.py",
+    "orchestration/test_cli_failures.py",
+    "orchestration/test_gpu_pool.py",
+)
+
+
+def _file_rank(items: list) -> int:
+    path = items[0].path.relative_to(Path(__file__).parent).as_posix()
+    if any(item.get_closest_marker("scaleout") for item in items):
+        return 0
+    if path in LONGEST_FILES:
+        return 1 + LONGEST_FILES.index(path)
+    return 1 + len(LONGEST_FILES) + (0 if any(item.get_closest_marker("slow") for item in items) else 1)
+
+
+def pytest_collection_modifyitems(config, items):
+    by_file: dict[Path, list] = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    files = sorted(by_file.values(), key=_file_rank)  # stable: collection order within a rank, tests in file order
+    items[:] = [item for file_items in files for item in file_items]

@@ -6,10 +6,10 @@ import shutil
 from collections import namedtuple
 
 import pytest
+import safetensors.torch
 import torch
 
 import ens_assets.data.crops as crops_module
-import ens_assets.training.checkpoint as checkpoint_module
 from ens_assets.atomic import DiskWriteError
 from ens_assets.data.crops import build_crop_cache, open_crop_cache
 from ens_assets.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_recovery
@@ -22,7 +22,7 @@ def _enospc(*args, **kwargs):
 def test_checkpoint_save_on_a_full_disk_names_the_file_and_the_space(tmp_path, monkeypatch):
     state = {"w": torch.zeros(256, 256)}  # 256 KB of float32
     save_checkpoint(tmp_path, state, {"fingerprint": "old"})
-    monkeypatch.setattr(checkpoint_module, "save_file", _enospc)
+    monkeypatch.setattr(safetensors.torch, "save_file", _enospc)  # checkpoint imports it when saving
     with pytest.raises(DiskWriteError) as caught:
         save_checkpoint(tmp_path, {"w": torch.ones(256, 256)}, {"fingerprint": "new"})
     message = str(caught.value)
@@ -39,14 +39,14 @@ def test_torch_full_disk_error_without_errno_is_recognised(tmp_path, monkeypatch
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(checkpoint_module.torch, "save", unexpected_pos)
+    monkeypatch.setattr(torch, "save", unexpected_pos)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
     with pytest.raises(DiskWriteError, match=r"recovery\.pt: cannot write it: no space left on the device \(0 B free"):
         save_recovery(tmp_path, {"model": {"w": torch.zeros(10)}, "epoch": 1})
 
 
 def test_other_write_errors_are_not_mistaken_for_a_full_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint_module.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug") as caught:
         save_recovery(tmp_path, {"epoch": 1})
     assert not isinstance(caught.value, DiskWriteError)

@@ -23,6 +23,7 @@ from ens_assets_tests.tiny_plan import budget, member, tiny_plan, write_params
 from ens_assets_tests.tracking_store import new_tracking_store
 
 REPO = Path(__file__).resolve().parent.parent
+MLFLOW_UI = "http://127.0.0.1:5000"  # tracking.ui_url's default, what `make mlflow-ui` serves
 TICK = datetime.datetime(2026, 11, 23, 1, 0, tzinfo=datetime.timezone.utc)
 
 GOOD_A = "test_resnet.t005.geo"
@@ -231,6 +232,7 @@ def test_failed_smoke_gate_is_a_verdict_on_its_partition(materialized):
     assert not failures
 
     metadata = _latest_metadata(instance, smoke)
+    assert list(metadata)[:3] == ["member", "fold", "smoke_gate"]  # the verdict leads its partition's page
     assert metadata["smoke_gate"].text.startswith("FAILED: ")
     reason = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]["reasons"][0]
     assert reason in metadata["smoke_gate"].text
@@ -261,7 +263,14 @@ def test_checkpoint_metadata_leads_with_headline_numbers_and_an_http_mlflow_link
     assert list(metadata)[:8] == ["member", "fold", "val_log_loss", "val_accuracy", "best_epoch", "stop_reason",
                                   "minutes", "peak_memory_mb"]  # fmt: skip
     assert isinstance(metadata["val_log_loss"].value, float) and metadata["stop_reason"].text
-    assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert _linked_url(metadata["mlflow_run"]) == (
+        f"http://127.0.0.1:5000/#/experiments/{_experiment_of(metadata['mlflow_run_id'].value)}/runs/"
+        f"{metadata['mlflow_run_id'].value}"
+    )
+    # Paths relative to the workdir, which is given relative to the project folder (as in params.yaml).
+    plan = runner.plan
+    assert metadata["workdir"].path == "work" and plan.path(metadata["workdir"].path) == plan.work
+    assert plan.work / metadata["path"].path == plan.checkpoint_dir(GOOD_A, "1")
     assert "| class | precision | recall | f1 |" in metadata["per_class"].md_str
     assert "data:image/png;base64," in metadata["confusion_matrix"].md_str
     assert len(metadata) <= 20 and not any(k.startswith(("recall_", "precision_", "f1_")) for k in metadata)
@@ -271,10 +280,33 @@ def test_ensemble_says_per_member_which_gate_passed(materialized):
     runner, _, _ = materialized
     event = runner.instance.get_latest_materialization_event(dg.AssetKey("ensemble"))
     metadata = event.asset_materialization.metadata
-    table = metadata["members"].md_str
-    assert f"| {GOOD_A} | cv | passed |" in table and f"| {DIVERGES} | cv | FAILED |  | [1] |" in table
-    assert "\n1. smoke gate failed: " in table  # the long reason is a numbered note under the table
-    assert metadata["mlflow_run"].url.startswith("http://127.0.0.1:5000/#/experiments/")
+    members = metadata["members"].md_str.splitlines()  # one wrapping line per member, in plan order
+    assert members[0].startswith(f"- **{GOOD_A}**: cv, smoke gate passed, weight ")
+    reason = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]["reasons"][0]
+    assert members[2].startswith(f"- **{DIVERGES}**: cv, smoke gate FAILED, not in the ensemble: {reason}")
+    assert len(members) == 3
+    run_id = metadata["mlflow_run_id"].value
+    assert _linked_url(metadata["mlflow_run"]) == f"http://127.0.0.1:5000/#/experiments/{_experiment_of(run_id)}/runs/{run_id}"
+    plan = runner.plan
+    assert (plan.work / metadata["submission"].path).is_file() and not Path(metadata["submission"].path).is_absolute()
+    assert (plan.work / metadata["ensemble_model"].path / "ensemble.json").is_file()
+    assert "best_member/log_loss" in metadata and not any(k.startswith("best_single_member/") for k in metadata)
+
+
+def _linked_url(value) -> str:
+    """The address of a Markdown link value ('[MLflow run 1a2b3c4d at 127.0.0.1:5000](http://...)')."""
+    import re
+
+    found = re.fullmatch(r"\[MLflow run [0-9a-f]{8} at 127\.0\.0\.1:5000\]\((http://[^)]+)\)", value.md_str)
+    assert found, value.md_str
+    return found.group(1)
+
+
+def _experiment_of(run_id: str) -> str:
+    """The experiment a run was logged to, read from the test's tracking store (so the link names the real run)."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).info.experiment_id
 
 
 @pytest.mark.slow
@@ -300,13 +332,19 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     runner, _, _ = materialized
     verdict = json.loads((runner.plan.checkpoint_dir(DIVERGES, "smoke") / "checkpoint.json").read_text())["smoke_verdict"]
     partition = lambda fold: urllib.parse.quote(str(checkpoint_key(DIVERGES, fold)))  # noqa: E731
+    good_fold = urllib.parse.quote(str(checkpoint_key(GOOD_A, "0")))
     env = {**os.environ, "ENS_ASSETS_PARAMS": str(runner.params)}
     with dagster_dev(REPO, env, tmp_path / "dagster_dev.log") as url:
         with chromium_pages(url, tmp_path / "screenshots") as ui:
             graph_text = ui.visit("/assets/ensemble?view=lineage&lineageScope=upstream&lineageDepth=10", "source_images")
             graph = ui.screenshot("ui-asset-graph.png")
             smoke_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={partition('smoke')}", "smoke_gate")
+            smoke_scroll, smoke_gate_top = ui.sideways_scroll(), ui.top("smoke_gate")
+            smoke = ui.screenshot("ui-failed-smoke.png")
+            fold_text = ui.visit(f"/assets/checkpoints?view=partitions&partition={good_fold}", "val_log_loss")
+            fold_scroll, fold_links = ui.sideways_scroll(), ui.link_addresses(MLFLOW_UI)
             ensemble_text = ui.visit("/assets/ensemble", "mlflow_run")
+            ensemble_scroll, ensemble_links = ui.sideways_scroll(), ui.link_addresses(MLFLOW_UI)
             ensemble = ui.screenshot("ui-ensemble.png", scroll_to="members")
             scores_text, scores_box = ui.markdown_dialog("honest_scores")
             diagnostics_text = ui.visit("/assets/ensemble_diagnostics", "per_class_recall")
@@ -328,8 +366,16 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     assert all(r["repositoryOrigin"] for r in runs), [r["jobName"] for r in runs if not r["repositoryOrigin"]]
     assert all(asset in graph_text for asset in ("manifest", "crops", "checkpoints", "oof_predictions", "ensemble"))
     assert "FAILED: " + verdict["reasons"][0] in smoke_text
-    assert "http://127.0.0.1:5000/#/experiments/" in ensemble_text
-    assert f"{DIVERGES}\tcv\tFAILED" in ensemble_text  # the members table: which gate each member passed
+    assert smoke_gate_top < VIEWPORT["height"], smoke_gate_top  # the verdict is in view when the partition opens
+    # The MLflow links: http addresses of the run pages, behind short link texts.
+    ensemble_run = runner.instance.get_latest_materialization_event(dg.AssetKey("ensemble")).asset_materialization
+    run_id = ensemble_run.metadata["mlflow_run_id"].value
+    assert [text for href, text in ensemble_links.items() if href.endswith(f"/runs/{run_id}")] == [f"MLflow run {run_id[:8]} at 127.0.0.1:5000"], ensemble_links
+    assert any(href.startswith(MLFLOW_UI + "/#/experiments/") for href in fold_links) and "val_log_loss" in fold_text, fold_links
+    assert f"{DIVERGES}: cv, smoke gate FAILED" in ensemble_text  # the members list: which gate each member passed
+    # Nothing scrolls sideways at 1280 px: the ensemble page and the checkpoint partitions (a failed smoke one
+    # and a fold), neither the page nor the metadata table's own pane.
+    assert (ensemble_scroll, smoke_scroll, fold_scroll) == ({}, {}, {}), (ensemble_scroll, smoke_scroll, fold_scroll)
     # Wide metadata in view at 1280 px: the recall of every class without scrolling sideways, the roadmap's
     # headings whole, the honest-scores dialog no taller than the window.
     classes = json.loads((runner.plan.ensemble_dir / "spec.json").read_text())["classes"]
@@ -340,6 +386,6 @@ def test_ui_in_a_real_browser(materialized, tmp_path):
     assert scores_box["y"] >= 0 and scores_box["y"] + scores_box["height"] <= viewport, scores_box
     assert "best_single_member" in scores_text and "lowest OOF log loss" in scores_text
     assert roadmap_box["y"] >= 0, roadmap_box
-    for shot in (graph, ensemble, diagnostics):
+    for shot in (graph, smoke, ensemble, diagnostics):
         assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size < 1_000_000
     publish_screenshots([graph, ensemble])

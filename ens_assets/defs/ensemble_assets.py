@@ -9,9 +9,13 @@ from ens_assets import mlflow_store
 from ens_assets.defs.metadata import (
     frame_markdown,
     member_class_markdown,
+    members_markdown,
+    mlflow_run_link,
     reasons_markdown,
     records_markdown,
     table_metadata,
+    work_path,
+    workdir_metadata,
 )
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
@@ -71,22 +75,24 @@ def _ensemble_asset(oof_predictions: dg.AssetsDefinition, test_predictions: dg.A
                 **table_metadata(_headline(result.scores, result.spec["method"])),
                 "method": plan.ensemble.method,
                 "fitted_method": result.spec["method"],
-                "temperature": result.spec["temperature"],
-                "mlflow_run": dg.MetadataValue.url(run_page),
-                "members": dg.MetadataValue.md(frame_markdown(member_table(plan, result.spec, outputs.excluded))),
+                "temperature": round(float(result.spec["temperature"]), 4),
+                "mlflow_run": mlflow_run_link(run_page, run_id),
+                "members": dg.MetadataValue.md(members_markdown(member_table(plan, result.spec, outputs.excluded))),
                 # A dialog 1024 px wide (over 1000 characters): one table, shared notes listed once, shorter than the screen.
                 "honest_scores": dg.MetadataValue.md(frame_markdown(scores_for_people(result.scores), max_columns=8)),
                 "accuracy_vs_compute": dg.MetadataValue.md(records_markdown(_for_people(result.compute), "name")),
                 "pareto": dg.MetadataValue.md(png_markdown(result.pngs["pareto"], "accuracy vs compute")),
                 "excluded_members": dg.MetadataValue.md(reasons_markdown(outputs.excluded)),
                 "spec": dg.MetadataValue.json(result.spec),
-                "submission": dg.MetadataValue.path(str(result.submission_path)),
+                # Paths relative to the workdir: an absolute path is wider than the value column at 1280 px.
+                "workdir": workdir_metadata(plan.work, plan.path(".")),
+                "submission": work_path(plan.work, result.submission_path),
                 "test_split": dg.MetadataValue.text(result.test_split_note),
                 **({"test_recall": dg.MetadataValue.md(frame_markdown(result.test_recall))}
                    if result.test_recall is not None else {}),
                 "site_shift": dg.MetadataValue.json(result.metrics["test_split"].get("site_shift", [])),
                 "mlflow_run_id": run_id,
-                "ensemble_model": dg.MetadataValue.path(str(artefact_dir)),
+                "ensemble_model": work_path(plan.work, artefact_dir),
                 "model_uri": model.registry_uri or model.model_uri,
             }
         )
@@ -167,11 +173,14 @@ def _for_people(frame):
 
 def _headline(scores, method: str) -> dict[str, float]:
     """The fitted ensemble's and the best member's honest scores as numbers (the UI plots them across
-    nights); every other method is in the honest_scores table."""
+    nights); every other method is in the honest_scores table. The best member's keys say `best_member`:
+    the longest key sets the key column's width, and `best_single_member/accuracy` left the values too
+    little of a 1280 px window."""
     out: dict[str, float] = {}
     for row in scores.iter_rows(named=True):
         if row["name"] in (method, "best_single_member"):
+            name = "best_member" if row["name"] == "best_single_member" else row["name"]
             for column in ("log_loss", "accuracy", "test_log_loss", "test_accuracy"):
                 if row.get(column) is not None:
-                    out[f"{row['name']}/{column}"] = round(float(row[column]), 4)
+                    out[f"{name}/{column}"] = round(float(row[column]), 4)
     return out

@@ -1,7 +1,10 @@
 """Turning core results (dicts, polars tables, PNG bytes) into Dagster UI metadata."""
 
 
+import os
+from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import polars as pl
 
@@ -106,6 +109,45 @@ def records_markdown(frame: pl.DataFrame, label: str, float_digits: int = 4) -> 
 def reasons_markdown(reasons: Mapping[str, str]) -> str:
     """name -> why, as wrapping bullet lines ('none' when empty)."""
     return "\n".join(f"- `{name}`: {why}" for name, why in reasons.items()) or "none"
+
+
+def members_markdown(members: pl.DataFrame) -> str:
+    """The members table (member_outputs.member_table) as one wrapping line per member: its stage, its smoke
+    gate, and its weight or why it is not in the ensemble. A table row of a full member name and four more
+    cells is wider than the value column and never breaks; a line wraps at any width."""
+    lines = []
+    for row in members.iter_rows(named=True):
+        parts = [row["stage"], f"smoke gate {row['smoke gate']}"]
+        if row["weight"] is not None:
+            parts.append(f"weight {row['weight']:.2f}")
+        else:
+            why = row["why not in"] or ""
+            if row["smoke gate"] == "FAILED":  # already said just before
+                why = why.removeprefix("smoke gate failed: ")
+            parts.append("not in the ensemble" + (f": {why}" if why else ""))
+        lines.append(f"- **{row['member']}**: " + ", ".join(parts))
+    return "\n".join(lines) or "none"
+
+
+def mlflow_run_link(url: str, run_id: str) -> dg.MetadataValue:
+    """The run's page in the MLflow UI as a link whose text is short and wraps ('MLflow run 30c90406 at
+    127.0.0.1:5000'). A url value shows the whole address as its text: the run page's address is over 60
+    characters, one word wider than the value column at a 1280 px window, and Dagster never shortens it."""
+    return dg.MetadataValue.md(f"[MLflow run {run_id[:8]} at {urlsplit(url).netloc}]({url})")
+
+
+def workdir_metadata(work: Path, project: Path) -> dg.MetadataValue:
+    """The plan's workdir as params.yaml says it: relative to the project folder (params.yaml's) when inside it."""
+    inside = Path(work).is_relative_to(project)
+    return dg.MetadataValue.path(os.path.relpath(work, project) if inside else str(work))
+
+
+def work_path(work: Path, path: Path) -> dg.MetadataValue:
+    """A file of the plan as its asset page shows it: relative to the workdir (the page's `workdir` entry says
+    where that is). An absolute path is one word wider than the value column; a path outside the workdir
+    stays whole."""
+    inside = Path(path).is_relative_to(work)
+    return dg.MetadataValue.path(str(Path(path).relative_to(work)) if inside else str(path))
 
 
 def _si(value: int) -> str:

@@ -6,7 +6,15 @@ import polars as pl
 import dagster as dg
 
 from ens_assets.defs.asset_checks import smoke_gate_result, smoke_gate_spec
-from ens_assets.defs.metadata import checkpoint_metadata, frame_markdown, table_metadata, verdict_metadata
+from ens_assets.defs.metadata import (
+    checkpoint_metadata,
+    frame_markdown,
+    mlflow_run_link,
+    table_metadata,
+    verdict_metadata,
+    work_path,
+    workdir_metadata,
+)
 from ens_assets.defs.partitions import checkpoint_key, checkpoint_partitions, member_partitions
 from ens_assets.defs.resources import MlflowTracking, PlanResource
 from ens_assets.defs.upstream_failures import refuse_failed_inputs
@@ -72,26 +80,25 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
         tracking = mlflow_tracking.resolve(plan)
         result = train_member_fold(plan, member, fold, log=context.log.info, tracking=tracking)
         sidecar = store.sidecar(member, fold) or {}
+        smoke = fold == SMOKE_FOLD
+        verdict = store.verdict(member) if smoke else None
+        gate = verdict_metadata(verdict) if smoke else {}
         metadata = {
             "member": member,
             "fold": fold,
+            # A smoke partition leads with its verdict (passed, or FAILED and why); its checks table comes last.
+            **({"smoke_gate": gate.pop("smoke_gate")} if smoke else {}),
             **checkpoint_metadata(result.metrics, sidecar.get("classes", [])),
             "skipped_fresh": dg.MetadataValue.bool(result.skipped),
             "fingerprint": result.fingerprint,
-            "path": dg.MetadataValue.path(str(result.checkpoint_dir)),
+            **_where_and_links(plan, result),
         }
-        if result.mlflow_url:
-            metadata["mlflow_run"] = dg.MetadataValue.url(result.mlflow_url)
-        if result.mlflow_run_id:
-            metadata["mlflow_run_id"] = result.mlflow_run_id
-        metadata["mlflow_tracking_uri"] = tracking.uri
         confusion_png = store.confusion_png(member, fold)
         if confusion_png is not None:
             metadata["confusion_matrix"] = dg.MetadataValue.md(png_markdown(confusion_png, "confusion matrix"))
         check_results = []
-        if fold == SMOKE_FOLD:
-            verdict = store.verdict(member)
-            metadata.update(verdict_metadata(verdict))
+        if smoke:
+            metadata.update(gate)
             check_results.append(smoke_gate_result(verdict))
             for observation in fold_gate_observations(plan, member, verdict):
                 context.log_event(observation)
@@ -103,6 +110,18 @@ def _checkpoints_asset(plan: Plan, crops: dg.AssetsDefinition, folds: dg.AssetsD
             metadata=metadata, data_version=dg.DataVersion(result.fingerprint), check_results=check_results
         )
     return checkpoints
+
+
+def _where_and_links(plan: Plan, result) -> dict:
+    """A checkpoint's folder (relative to the workdir) and its MLflow run. No absolute path and no tracking URI
+    (an absolute sqlite path): one unbreakable word wider than the value column made the partition page
+    scroll sideways at 1280 px."""
+    out: dict = {"workdir": workdir_metadata(plan.work, plan.path(".")), "path": work_path(plan.work, result.checkpoint_dir)}
+    if result.mlflow_url and result.mlflow_run_id:
+        out["mlflow_run"] = mlflow_run_link(result.mlflow_url, result.mlflow_run_id)
+    if result.mlflow_run_id:
+        out["mlflow_run_id"] = result.mlflow_run_id
+    return out
 
 
 def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.AssetsDefinition, collapse_folds: dg.PartitionMapping) -> dg.AssetsDefinition:
@@ -134,7 +153,7 @@ def _oof_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.Ass
                 "dagster/row_count": frame.height,
                 **table_metadata(summary),
                 "per_class_recall": dg.MetadataValue.md(frame_markdown(recall, float_digits=3)),
-                "path": dg.MetadataValue.path(str(plan.oof_path(member.key))),
+                "path": work_path(plan.work, plan.oof_path(member.key)),
             }
         )
     return oof_predictions
@@ -157,7 +176,7 @@ def _test_predictions_asset(members: dg.PartitionsDefinition, checkpoints: dg.As
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": frame.height,
-                "path": dg.MetadataValue.path(str(plan.test_predictions_path(context.partition_key))),
+                "path": work_path(plan.work, plan.test_predictions_path(context.partition_key)),
             }
         )
     return test_predictions

@@ -10,16 +10,18 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ens_assets.atomic import atomic_path, disk_errors_named, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "checkpoint.json"
 RECOVERY_FILE = "recovery.pt"
+
+# torch and safetensors are imported where tensors are read or written: reading a sidecar (the smoke verdicts the
+# CLI, the sensors and the schedule read) must not cost a torch import.
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointError(RuntimeError):
@@ -28,6 +30,8 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(directory: str | Path, state_dict: dict[str, torch.Tensor], sidecar: dict[str, Any]) -> Path:
     """Write model.safetensors then checkpoint.json; the sidecar last, so its presence marks a whole checkpoint."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Drop the old sidecar first: new weights must never sit beside an old sidecar that vouches for them.
@@ -55,6 +59,8 @@ def read_sidecar(directory: str | Path) -> dict[str, Any] | None:
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, sidecar) of a final checkpoint."""
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     sidecar = read_sidecar(directory)
     if sidecar is None:
@@ -72,6 +78,8 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 # --- per-epoch recovery state ---------------------------------------------------------------------
 def save_recovery(directory: str | Path, state: dict[str, Any]) -> Path:
     """Everything needed to continue after the epoch just finished (tensors, numbers, strings only)."""
+    import torch
+
     target = Path(directory) / RECOVERY_FILE
     with disk_errors_named(target, _nbytes(state)):
         with atomic_path(target, suffix=".pt") as tmp:
@@ -81,6 +89,8 @@ def save_recovery(directory: str | Path, state: dict[str, Any]) -> Path:
 
 def _nbytes(obj: Any) -> int:
     """Bytes of the tensors in a (nested) state: what writing it needs on disk, about."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
@@ -92,6 +102,8 @@ def _nbytes(obj: Any) -> int:
 
 def load_recovery(directory: str | Path) -> dict[str, Any] | None:
     """The saved recovery state, or None when there is none (or it is unreadable, e.g. an older format)."""
+    import torch
+
     path = Path(directory) / RECOVERY_FILE
     if not path.is_file():
         return None

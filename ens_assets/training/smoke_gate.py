@@ -47,7 +47,8 @@ def evaluate_smoke(
     went_down = len(train_losses) >= 2 and min(train_losses[1:]) < train_losses[0]
     checks["loss_went_down"] = went_down or not cfg.require_loss_decrease
     if not checks["loss_went_down"]:
-        reasons.append(f"training loss never went below its first epoch ({train_losses}): the model is not learning")
+        shown = ", ".join(f"{v:.4g}" for v in train_losses)  # 4 digits: a reason is read, not parsed
+        reasons.append(f"training loss never went below its first epoch ({shown}): the model is not learning")
 
     n_classes = len(classes)
     accuracy = float(np.mean(val_labels == val_predictions)) if len(val_labels) else 0.0

@@ -135,6 +135,35 @@ class UiPages:
             return out;
         }""")
 
+    def top(self, text: str) -> float:
+        """How far down the window (px) the first element reading exactly `text` starts."""
+        return self.page.get_by_text(text, exact=True).first.bounding_box()["y"]
+
+    def sideways_scroll(self) -> dict[str, int]:
+        """How many px the page, or any pane of it that scrolls sideways (Dagster's metadata table sits in one
+        with overflow-x: auto), is wider than its box: {} when nothing on the page scrolls sideways."""
+        return self.page.evaluate("""() => {
+            const out = {};
+            const doc = document.scrollingElement;
+            if (doc.scrollWidth > doc.clientWidth) out['document'] = doc.scrollWidth - doc.clientWidth;
+            for (const el of document.querySelectorAll('*')) {
+                if (!['auto', 'scroll'].includes(getComputedStyle(el).overflowX)) continue;
+                if (el.scrollWidth > el.clientWidth) {
+                    const name = el.tagName.toLowerCase() + '.' + String(el.className).split(' ')[0];
+                    out[name] = Math.max(out[name] || 0, el.scrollWidth - el.clientWidth);
+                }
+            }
+            return out;
+        }""")
+
+    def link_addresses(self, prefix: str) -> dict[str, str]:
+        """href -> text of the page's links whose address starts with `prefix`."""
+        return self.page.evaluate(
+            "(prefix) => Object.fromEntries([...document.querySelectorAll('a')]"
+            ".filter(a => a.href.startsWith(prefix)).map(a => [a.href, a.innerText.trim()]))",
+            prefix,
+        )
+
     def markdown_dialog(self, key: str) -> tuple[str, dict]:
         """Open the '[Show Markdown]' dialog of metadata `key`: its text and its box (x, y, width, height)."""
         row = self.page.locator("tr", has=self.page.get_by_text(key, exact=True)).first
