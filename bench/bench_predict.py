@@ -13,6 +13,7 @@ Goal: end-to-end >= 0.7x the plain forward's images/s.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,8 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images-per-class", type=int, default=20)  # the demo test split's size
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores, at most 8)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both sides (default torch's: one per core); on a machine shared with "
+                             "other work 1 keeps the forward from stalling at every op's thread barrier")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     device = select_device()
     plan = load_plan(REPO_ROOT / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,11 +126,15 @@ def main(argv: list[str] | None = None) -> None:
         batches = predecoded_batches(artefact, images, detections, device)
         plain_members = plain_fold_models(artefact, device)
         plain_forward_seconds(plain_members, batches[:1])  # warm-up
-        e2e_times, plain_times = [], []
+        e2e_times, plain_times, e2e_cpu, plain_cpu = [], [], [], []
         for _ in range(args.repeats):  # interleaved, best of each: the shared machine's load drifts
+            cpu = time.process_time()
             e2e_times.append(_timed(lambda: predict_batch(csv, tmp / "out", detections=detections, ensemble=artefact,
                                                           workers=args.workers)))
+            e2e_cpu.append(time.process_time() - cpu)
+            cpu = time.process_time()
             plain_times.append(plain_forward_seconds(plain_members, batches))
+            plain_cpu.append(time.process_time() - cpu)
         e2e, plain = min(e2e_times), min(plain_times)
     e2e_rate, plain_rate = n / e2e, n / plain
     print(f"end-to-end predict (JPEG + JSON in, CSV + MegaDetector JSON out): {e2e_rate:.1f} images/s ({e2e:.2f}s)")
@@ -134,6 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     pairs = sorted(p / e for e, p in zip(e2e_times, plain_times))
     print(f"every repeat (s): end-to-end {[round(t, 2) for t in e2e_times]}, plain {[round(t, 2) for t in plain_times]}; "
           f"median ratio of the interleaved pairs {pairs[len(pairs) // 2]:.2f}x")
+    # CPU seconds of this process (decoding thread included; decoding workers, when used, not): the work each side
+    # does, which other sessions' load moves far less than wall time. At one torch thread a quiet machine's wall
+    # ratio is at least this ratio (the end-to-end side overlaps decoding with the models, the plain one has
+    # nothing to overlap); with more threads it also counts the threads' spin-waiting.
+    cpu_pairs = sorted(p / e for e, p in zip(e2e_cpu, plain_cpu))
+    print(f"CPU seconds: end-to-end {[round(t, 2) for t in e2e_cpu]}, plain {[round(t, 2) for t in plain_cpu]}; median "
+          f"ratio {cpu_pairs[len(cpu_pairs) // 2]:.2f}x")
+    print(f"machine load (1-min average) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
 def _timed(fn) -> float:

@@ -61,7 +61,8 @@ LONGEST_FILES = (
 
 
 def _file_rank(items: list) -> int:
-    path = items[0].path.relative_to(Path(__file__).parent).as_posix()
+    here = Path(__file__).parent
+    path = items[0].path.relative_to(here).as_posix() if items[0].path.is_relative_to(here) else str(items[0].path)
     if any(item.get_closest_marker("scaleout") for item in items):
         return 0
     if path in LONGEST_FILES:

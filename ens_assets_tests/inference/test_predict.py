@@ -174,3 +174,19 @@ def _whole_image_detections(md: dict, table: pl.DataFrame) -> int:
         assert md["classification_categories"][detection["classifications"][0][0]] == row["top_class"]
         whole_count += 1
     return whole_count
+
+
+def test_megadetector_json_text_is_the_json_one_image_per_line():
+    from ens_assets.inference.outputs import megadetector_json_text
+
+    md = {"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal"},
+          "classification_categories": {"0": "leopard"},
+          "images": [{"file": "a/IMG_1.JPG", "detections": [{"category": "1", "conf": 0.5, "bbox": [0.1, 0.2, 0.3, 0.4],
+                                                              "classifications": [["0", 0.9]]}]},
+                     {"file": "IMG_2.JPG", "failure": "unreadable", "detections": None}]}
+    text = megadetector_json_text(md)
+    assert json.loads(text) == md
+    lines = text.splitlines()
+    assert [line for line in lines if '"file"' in line] == [json.dumps(i, sort_keys=True) + "," * (k == 0)
+                                                           for k, i in enumerate(md["images"])]
+    assert json.loads(megadetector_json_text({**md, "images": []})) == {**md, "images": []}
