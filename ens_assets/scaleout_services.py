@@ -134,7 +134,9 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 
 def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path:
     """bin_dir, or a copy of its installation under `scratch` when `user` cannot run it from where it is (a
-    virtualenv inside a folder private to root)."""
+    virtualenv inside a folder private to root). pgserver's binaries find their shared libraries through a relative
+    RPATH ($ORIGIN/../../../pgserver.libs), so the copy keeps the wheel's layout: pgserver/pginstall beside
+    pgserver.libs."""
     try:
         probe = subprocess.run([str(bin_dir / "initdb"), "--version"], capture_output=True, cwd="/",
                                user=user.pw_uid, group=user.pw_gid, extra_groups=[])  # fmt: skip
@@ -142,12 +144,18 @@ def _reachable_by(user: pwd.struct_passwd, bin_dir: Path, scratch: Path) -> Path
             return bin_dir
     except PermissionError:
         pass
-    shutil.copytree(bin_dir.parent, scratch, symlinks=True)
+    install = bin_dir.parent
+    site = install.parents[1]  # pgserver/pginstall -> site-packages (a system install never gets here: it is public)
+    copied = scratch / install.relative_to(site)
+    shutil.copytree(install, copied, symlinks=True)
+    libs = site / f"{install.parent.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, scratch / libs.name, symlinks=True)
     for path in [scratch, *scratch.rglob("*")]:
         if not path.is_symlink():
             mode = path.stat().st_mode | 0o444
             path.chmod(mode | 0o111 if path.is_dir() or mode & 0o100 else mode)
-    return scratch / "bin"
+    return copied / "bin"
 
 
 def _spawn(name: str, argv: list[str], log: Path, env: dict | None = None, user: pwd.struct_passwd | None = None,
@@ -313,7 +321,7 @@ class Stack:
         if user is not None:
             self.pg_data_dir = tempfile.mkdtemp(prefix="ens-assets-pg-")
             os.chown(self.pg_data_dir, user.pw_uid, user.pw_gid)
-            bin_dir = _reachable_by(user, bin_dir, Path(self.pg_data_dir) / "pginstall")
+            bin_dir = _reachable_by(user, bin_dir, Path(self.pg_data_dir) / "install")
         log = self.state_dir / "logs" / "postgres.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         initdb = subprocess.run(

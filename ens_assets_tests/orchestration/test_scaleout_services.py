@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -88,3 +89,37 @@ def test_down_stops_what_up_started_from_its_state_file(tmp_path: Path, capsys: 
     assert [pid for pid in members if _running(pid)] == []
     assert _port_free(ports["postgres"]) and _port_free(ports["redis"])
     assert main(["down", "--state", str(stack.state_dir)]) == 0  # nothing left: says so, still succeeds
+
+
+def test_as_root_a_server_in_a_private_virtualenv_runs_from_a_copy(tmp_path: Path) -> None:
+    """CI's checkout may sit in a folder only root can enter; PostgreSQL runs as `nobody` there, from a copy that
+    keeps the wheel's layout (its binaries find libpq through a relative RPATH to pgserver.libs)."""
+    import shutil
+    import subprocess
+
+    from ens_assets.scaleout_services import _reachable_by, _unprivileged_user
+
+    user = _unprivileged_user()
+    if user is None:
+        pytest.skip("only root runs PostgreSQL as another user")
+    try:
+        bin_dir = postgres_bin_dir()
+    except ServiceUnavailable as exc:
+        pytest.skip(f"scale-out services not installed: {exc}")
+    install = bin_dir.parent
+    if not (install.parents[1] / f"{install.parent.name}.libs").is_dir():
+        pytest.skip(f"not pgserver's wheel layout: {install}")
+    private = tmp_path / "private"  # pytest's tmp folders are root's alone (0700), as such a checkout
+    private.mkdir(mode=0o700)
+    for folder in (install.parent.name, f"{install.parent.name}.libs"):
+        shutil.copytree(install.parents[1] / folder, private / folder, symlinks=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ens-assets-pg-test-"))
+    try:
+        os.chown(scratch, user.pw_uid, user.pw_gid)
+        runnable = _reachable_by(user, private / install.parent.name / install.name / "bin", scratch / "install")
+        assert runnable.is_relative_to(scratch)
+        version = subprocess.run([str(runnable / "initdb"), "--version"], capture_output=True, text=True, cwd="/",
+                                 user=user.pw_uid, group=user.pw_gid, extra_groups=[])  # fmt: skip
+        assert version.returncode == 0 and "PostgreSQL" in version.stdout, version.stderr
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
