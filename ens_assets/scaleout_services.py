@@ -296,7 +296,16 @@ class Stack:
         self._start_postgres()
         self._start_redis()
         self._write_dagster_home()
+        self._create_dagster_schema()
         self.save()
+
+    def _create_dagster_schema(self) -> None:
+        """Dagster's tables in the `dagster` database, once, before any Dagster process starts: each would otherwise
+        create them on its first use of the instance, several at a time, waiting on each other's locks."""
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(self.dagster_home)):
+            pass
 
     def _start_postgres(self) -> None:
         bin_dir = postgres_bin_dir()
@@ -501,13 +510,13 @@ class Stack:
         self.processes.append(process)
         self._popens[process.pid] = popen
 
-    def stop(self, name: str | None = None) -> None:
+    def stop(self, name: str | None = None, grace_s: float = 10.0) -> None:
         """Stop one process (by name) or all of them: the Dagster processes at once (each group gets its stop signal,
-        then SIGKILL for what is left after the grace period), then the servers they talk to (a client that loses
-        PostgreSQL while it shuts down retries its connection instead of exiting); always safe to call again."""
+        then SIGKILL for what is left after grace_s), then the servers they talk to (a client that loses PostgreSQL
+        while it shuts down retries its connection instead of exiting); always safe to call again."""
         chosen = [p for p in reversed(self.processes) if name is None or p.name == name]
-        self._stop([p for p in chosen if p.name not in SERVERS])
-        self._stop([p for p in chosen if p.name in SERVERS])
+        self._stop([p for p in chosen if p.name not in SERVERS], grace_s=grace_s)
+        self._stop([p for p in chosen if p.name in SERVERS], grace_s=grace_s)
         if name is None and self.pg_data_dir:
             if (self.pg_data / "server.log").exists() and self.state_dir.exists():
                 (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -522,10 +531,10 @@ class Stack:
         self._stop([p for p in self.processes if p.name == name], force=True)
         self.save()
 
-    def _stop(self, chosen: list[Process], force: bool = False) -> None:
+    def _stop(self, chosen: list[Process], force: bool = False, grace_s: float = 10.0) -> None:
         if not force and any(p.name == "code-server" for p in chosen):
             self._shut_down_code_server()
-        stop_process_groups([(p.pid, signal.SIGKILL if force else p.stop_signal) for p in chosen])
+        stop_process_groups([(p.pid, signal.SIGKILL if force else p.stop_signal) for p in chosen], grace_s)
         for process in chosen:
             popen = self._popens.pop(process.pid, None)
             if popen is not None:

@@ -173,6 +173,7 @@ def stack(tmp_path_factory):
         gpu_concurrency=GPU_CONCURRENCY, visibility_timeout_s=VISIBILITY_TIMEOUT_S, niceness=NICENESS,
     )  # fmt: skip
     saved_env = dict(os.environ)
+    t0 = time.time()
     try:
         try:
             stack.start_servers()
@@ -182,18 +183,23 @@ def stack(tmp_path_factory):
         # The code server and the workers load the code while this process prepares the data; the daemon starts
         # once the backfill is requested (the backfill fixture). Nothing in this module runs on the default queue,
         # so its worker does not build the definitions before it forks (`make scaleout-up` starts a warm one).
+        _progress(f"servers and Dagster's tables {time.time() - t0:.0f}s")
         stack.start_code_server()
         stack.start_default_workers(wait=False, warm_cpu=False)
         yield stack
     finally:
-        stack.stop()
+        # Whatever has not stopped 3 s after its stop signal is killed: a warm Celery worker's cold shutdown, or
+        # the daemon finishing a sensor call into the stopping code server, would take the default 10 s.
+        stack.stop(grace_s=3)
         os.environ.clear()
         os.environ.update(saved_env)
 
 
 @pytest.fixture(scope="module")
 def instance(stack):
+    t0 = time.time()
     with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        _progress(f"instance {time.time() - t0:.0f}s")
         yield instance
 
 
@@ -268,12 +274,16 @@ def test_runs_events_and_mlflow_runs_are_in_postgres(backfill, instance, stack) 
 @pytest.fixture(scope="module")
 def nightly(backfill, instance, stack):
     """Overnight: a fold checkpoint is gone and the smoke budget was raised (both smoke checkpoints are stale);
-    the nightly tick runs through the daemon. While a smoke step trains, the gpu worker is killed by its PID and
+    the nightly tick runs through the daemon (restarted after the schedule was switched on). While a smoke step trains, the gpu worker is killed by its PID and
     another gpu worker started in its place."""
     import shutil
 
     plan = backfill["plan"]
     member_a, member_b = plan.member_keys
+    # The daemon's scheduler looks at the schedules at the start of every minute and when it starts: the daemon is
+    # down overnight here and comes back once the schedule is on, so it evaluates the missed 01:00 tick at once
+    # (waiting for the next minute instead cost 0-60 s).
+    stack.stop("daemon", grace_s=3)
     shutil.rmtree(plan.checkpoint_dir(member_a, "1"))
     params = yaml.safe_load(stack.params_path.read_text())
     # Long enough to be killed after a few epochs (well under a second each at 16 px).
@@ -282,7 +292,7 @@ def nightly(backfill, instance, stack):
     plan = load_plan(stack.params_path)
 
     t0 = time.time()
-    # The schedule was switched on before last night's 01:00: the daemon evaluates that tick as soon as it sees it.
+    # The schedule was switched on before last night's 01:00: the daemon evaluates that tick when it starts.
     origin = RemoteInstigatorOrigin(repository_origin=_repository_origin(instance), instigator_name="nightly_training")
     state = InstigatorState(
         origin, InstigatorType.SCHEDULE, InstigatorStatus.RUNNING,
@@ -293,7 +303,8 @@ def nightly(backfill, instance, stack):
         instance.add_instigator_state(state)
     else:
         instance.update_instigator_state(state)
-    _progress(f"nightly_training switched on, backdated to {TICK - datetime.timedelta(hours=1)}")
+    stack.start_daemon()
+    _progress(f"nightly_training switched on, backdated to {TICK - datetime.timedelta(hours=1)}; daemon restarted")
     recoveries = {m: plan.checkpoint_dir(m, "smoke") / "recovery" for m in plan.member_keys}
     deadline = time.time() + 600
     while True:
