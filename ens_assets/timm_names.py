@@ -22,12 +22,21 @@ from ens_assets import atomic
 
 def cache_file() -> Path | None:
     """The answers file for the installed timm, or None when timm's version cannot be read."""
-    try:
-        version = metadata.version("timm")
-    except metadata.PackageNotFoundError:
+    version = _timm_version()
+    if version is None:
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "ens-assets" / f"timm-{version}-names.json"
+
+
+@lru_cache(maxsize=1)
+def _timm_version() -> str | None:
+    """Read once per process: the lookup scans the installed distributions (about 1 ms), and the plan asks for
+    every member's backbone and input size, some of them many times."""
+    try:
+        return metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def is_model(name: str) -> bool:

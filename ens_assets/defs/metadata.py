@@ -1,7 +1,6 @@
 """Turning core results (dicts, polars tables, PNG bytes) into Dagster UI metadata."""
 
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -138,16 +137,20 @@ def mlflow_run_link(url: str, run_id: str) -> dg.MetadataValue:
 
 def workdir_metadata(work: Path, project: Path) -> dg.MetadataValue:
     """The plan's workdir as params.yaml says it: relative to the project folder (params.yaml's) when inside it."""
-    inside = Path(work).is_relative_to(project)
-    return dg.MetadataValue.path(os.path.relpath(work, project) if inside else str(work))
+    return _relative_path(work, project)
 
 
 def work_path(work: Path, path: Path) -> dg.MetadataValue:
     """A file of the plan as its asset page shows it: relative to the workdir (the page's `workdir` entry says
-    where that is). An absolute path is one word wider than the value column; a path outside the workdir
-    stays whole."""
-    inside = Path(path).is_relative_to(work)
-    return dg.MetadataValue.path(str(Path(path).relative_to(work)) if inside else str(path))
+    where that is)."""
+    return _relative_path(path, work)
+
+
+def _relative_path(path: Path, base: Path) -> dg.MetadataValue:
+    """`path` relative to `base` when inside it, else whole: an absolute path is one word wider than the value
+    column at a 1280 px window."""
+    inside = Path(path).is_relative_to(base)
+    return dg.MetadataValue.path(str(Path(path).relative_to(base)) if inside else str(path))
 
 
 def _si(value: int) -> str:
